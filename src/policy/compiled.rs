@@ -1,0 +1,212 @@
+//! The compiled policy: the only form of a policy that runtime code ever sees.
+//!
+//! Everything here is resolved ahead of time: purposes are interned as indices, JSONPaths are
+//! trees of [`ValuePlan`]s, path templates are segment lists, secrets are loaded. Nothing in this
+//! module parses text at request time, and nothing here depends on tokio, hyper or a store.
+
+use std::sync::Arc;
+
+/// Index of a purpose in [`CompiledPolicy::purposes`].
+pub type PurposeId = u16;
+
+/// A policy set compiled from a directory of YAML files.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    /// SHA-256 (hex) of the sources, for audit and decision lines.
+    pub revision: String,
+    /// Purposes, indexed by [`PurposeId`].
+    pub purposes: Vec<Purpose>,
+    /// Callers, each identified by the hash of its API key.
+    pub callers: Vec<Caller>,
+    /// Protected routes, most specific first: the first match wins.
+    pub routes: Vec<Route>,
+    /// Routes served without examination: they carry no personal data.
+    pub passthrough: Vec<Passthrough>,
+}
+
+/// A purpose of processing and its lawful basis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purpose {
+    pub name: Box<str>,
+    pub basis: LawfulBasis,
+    /// A CCPA/CPRA "sale or sharing" purpose: it stops when the subject opted out.
+    pub sale_or_sharing: bool,
+}
+
+/// GDPR art. 6 lawful bases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LawfulBasis {
+    Consent,
+    Contract,
+    LegitimateInterest,
+    LegalObligation,
+    VitalInterest,
+    PublicTask,
+}
+
+impl LawfulBasis {
+    /// The name used in policies and decision lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consent => "consent",
+            Self::Contract => "contract",
+            Self::LegitimateInterest => "legitimate_interest",
+            Self::LegalObligation => "legal_obligation",
+            Self::VitalInterest => "vital_interest",
+            Self::PublicTask => "public_task",
+        }
+    }
+}
+
+/// A calling application and the purposes it may declare.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: Box<str>,
+    /// SHA-256 of the API key; compared in constant time.
+    pub key_sha256: [u8; 32],
+    /// Purposes this caller may declare (purpose limitation).
+    pub purposes: Vec<PurposeId>,
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Must equal the (normalised) segment byte for byte.
+    Literal(Box<str>),
+    /// `{name}`: any non-empty segment, captured.
+    Param(Box<str>),
+}
+
+/// A path template such as `/crm/v3/objects/contacts/{id}`, split into segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    pub source: Box<str>,
+    pub segments: Vec<Segment>,
+}
+
+/// A route that carries no personal data and is forwarded as is.
+#[derive(Debug, Clone)]
+pub struct Passthrough {
+    /// Methods allowed on it (upper case); never empty.
+    pub methods: Vec<http::Method>,
+    pub path: PathTemplate,
+}
+
+/// A protected route of the CRM API.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Box<str>,
+    /// Methods this route covers; `HEAD` is served as `GET` without a body.
+    pub methods: Vec<http::Method>,
+    pub path: PathTemplate,
+    /// Where the records are in the body.
+    pub records: RecordsAt,
+    /// Where each record's subject id is.
+    pub subject: SubjectAt,
+    /// What happens to a record whose subject has no lawful basis for the purpose.
+    pub without_basis: WithoutBasis,
+    /// One entry per purpose, indexed by [`PurposeId`]; `None`: the purpose may not use this route.
+    pub views: Vec<Option<Arc<View>>>,
+}
+
+/// Where the records of a response body are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordsAt {
+    /// `$`: the body is one record.
+    Body,
+    /// `$.a.b[*]` (or `$[*]` when the key path is empty): each element of the array at this key
+    /// path is one record.
+    List(Vec<Box<str>>),
+}
+
+/// Where a record's subject id is. Ids are compared as text: the number `1000` and the string
+/// `"1000"` name the same subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectAt {
+    /// A path parameter, by its index among the template's parameters.
+    Param(usize),
+    /// A key path inside the record (`$.id`, `$.properties.hs_object_id`).
+    Field(Vec<Box<str>>),
+    /// Both: the record's id must equal the path parameter, else the response is refused.
+    ParamAndField(usize, Vec<Box<str>>),
+}
+
+/// What happens to a record whose subject has no lawful basis for the purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithoutBasis {
+    /// Leave the record out of the list (on a single-record route: refuse).
+    Omit,
+    /// Refuse the whole response with 403 (aborted if output already started).
+    Refuse,
+    /// Keep the record with only the fields whose category is non-personal.
+    NonPersonal,
+}
+
+/// What one purpose sees of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    /// Applied to each record whose subject has a lawful basis.
+    pub record: ValuePlan,
+    /// Applied to each record without a lawful basis under [`WithoutBasis::NonPersonal`].
+    pub non_personal: ValuePlan,
+    /// Applied to the body around the records (paging, totals); the records key itself is
+    /// handled by the engine. Under [`RecordsAt::Body`] this is unused.
+    pub envelope: ObjectPlan,
+}
+
+/// What to do with one JSON value. Anything a plan does not keep is dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValuePlan {
+    /// Remove the member (or, inside an array, the element).
+    Drop,
+    /// Copy the value as it is, whatever its type.
+    Keep,
+    /// Replace a value by a transformed one.
+    Transform(Transform),
+    /// Descend into an object; a value of another type is dropped.
+    Object(ObjectPlan),
+    /// Apply the plan to each element of an array; a value of another type is dropped.
+    Array(Box<ValuePlan>),
+}
+
+/// A plan for the members of an object.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObjectPlan {
+    /// Plans per member name (unescaped), sorted by name for binary search.
+    pub fields: Vec<(Box<str>, ValuePlan)>,
+    /// Plan for members not named in `fields` (`$.a.*`); `None` drops them.
+    pub others: Option<Box<ValuePlan>>,
+}
+
+impl ObjectPlan {
+    /// The plan for a member name (unescaped).
+    pub fn member(&self, name: &str) -> Option<&ValuePlan> {
+        match self.fields.binary_search_by(|(k, _)| (**k).cmp(name)) {
+            Ok(i) => self.fields.get(i).map(|(_, p)| p),
+            Err(_) => self.others.as_deref(),
+        }
+    }
+}
+
+/// A value transformation. Applied to a type it does not fit (an object to mask, say), the
+/// value becomes `null`: never the original.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    /// Replace by `null`.
+    Null,
+    /// Replace by a constant JSON value, held serialised.
+    Constant(Box<str>),
+    /// Keep the first and last characters, replace the others with `with`. Numbers are masked
+    /// as their text; a string no longer than `first + last` is kept whole.
+    Mask { first: usize, last: usize, with: char },
+    /// Keyed pseudonym: hex of HMAC-SHA-256(key, text of the value).
+    Hash { key: Arc<[u8]> },
+    /// `YYYY-MM-DD...` to `YYYY`.
+    DateToYear,
+    /// `YYYY-MM-DD...` to `YYYY-MM`.
+    DateToMonth,
+    /// A string to its first `n` characters.
+    Prefix(usize),
+    /// A number to the range `"lo-hi"` of width `width` that holds it.
+    Range { width: u64 },
+}

@@ -1,0 +1,5 @@
+//! The policy language: sources -> checked model -> [`compiled::CompiledPolicy`].
+//!
+//! Runtime code only ever sees the compiled form.
+
+pub mod compiled;
