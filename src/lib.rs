@@ -10,3 +10,4 @@
 //!   decisions.
 
 pub mod policy;
+pub mod redact;

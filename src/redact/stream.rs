@@ -1,0 +1,351 @@
+//! The streaming redactor: bytes of an upstream body in, redacted bytes out, record by record.
+//!
+//! Sans I/O: the caller pushes chunks, asks which subjects are waiting for a consent decision,
+//! answers for the whole batch at once, and takes the output written so far. Records wait for
+//! their decision in a bounded batch; nothing of a record is written before its subject's
+//! decision is known, and nothing after the records is written before they are.
+
+use sonic_rs::Value;
+
+use crate::policy::compiled::{ObjectPlan, RecordsAt, SubjectAt, ValuePlan, View, WithoutBasis};
+
+use super::apply;
+use super::frame::{Event, FrameError, Framer};
+
+/// Bounds on what one body may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest record or envelope member, in bytes.
+    pub max_record_bytes: usize,
+    /// Deepest nesting inside a record.
+    pub max_depth: usize,
+    /// Records held waiting for one consent batch.
+    pub batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 1024 * 1024,
+            max_depth: 64,
+            batch: 128,
+        }
+    }
+}
+
+/// Why a body was refused. Before the first output byte this becomes an error response; after
+/// it, the response is aborted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedactError {
+    #[error("the upstream body cannot be examined: {0}")]
+    Unreadable(#[from] FrameError),
+    #[error("a record has no readable subject id")]
+    NoSubject,
+    #[error("the record's subject id does not match the one in the path")]
+    SubjectMismatch,
+    #[error("a subject has no lawful basis for the purpose")]
+    NoLawfulBasis,
+    #[error("the engine was driven out of order")]
+    Protocol,
+}
+
+/// Counts for the decision line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records written with the purpose's view.
+    pub kept: u32,
+    /// Records written with non-personal fields only.
+    pub reduced: u32,
+    /// Records left out.
+    pub omitted: u32,
+}
+
+struct Pending {
+    record: Value,
+    subject: String,
+}
+
+/// One level of envelope output.
+struct Level<'v> {
+    plan: Option<&'v ObjectPlan>,
+    first: bool,
+}
+
+/// Redacts one body through a [`View`] of a route.
+pub struct Redactor<'v> {
+    view: &'v View,
+    subject: &'v SubjectAt,
+    without_basis: WithoutBasis,
+    /// The subject id captured from the request path, where the route has one.
+    path_subject: Option<&'v str>,
+    limits: Limits,
+    framer: Framer,
+    single: bool,
+    levels: Vec<Level<'v>>,
+    first_record: bool,
+    pending: Vec<Pending>,
+    /// A framer event that must wait until the pending records are written.
+    deferred: Option<Event>,
+    out: Vec<u8>,
+    counts: Counts,
+    done: bool,
+}
+
+impl<'v> Redactor<'v> {
+    /// A redactor for a body of a route whose records are at `records`.
+    pub fn new(
+        records: &RecordsAt,
+        subject: &'v SubjectAt,
+        without_basis: WithoutBasis,
+        view: &'v View,
+        path_subject: Option<&'v str>,
+        limits: Limits,
+    ) -> Self {
+        let (path, single) = match records {
+            RecordsAt::Body => (Vec::new(), true),
+            RecordsAt::List(path) => (path.clone(), false),
+        };
+        Self {
+            view,
+            subject,
+            without_basis,
+            path_subject,
+            limits,
+            framer: Framer::new(path, single, limits.max_depth, limits.max_record_bytes),
+            single,
+            levels: Vec::new(),
+            first_record: true,
+            pending: Vec::new(),
+            deferred: None,
+            out: Vec::with_capacity(16 * 1024),
+            counts: Counts::default(),
+            done: false,
+        }
+    }
+
+    /// Feeds a chunk of the body. Call [`Self::pending_subjects`] afterwards.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), RedactError> {
+        if !self.pending.is_empty() || self.deferred.is_some() {
+            return Err(RedactError::Protocol);
+        }
+        self.framer.push(chunk);
+        self.run()
+    }
+
+    /// Marks the end of the body. Call [`Self::pending_subjects`] afterwards, then
+    /// [`Self::is_complete`] must hold.
+    pub fn finish(&mut self) -> Result<(), RedactError> {
+        if !self.pending.is_empty() || self.deferred.is_some() {
+            return Err(RedactError::Protocol);
+        }
+        self.framer.finish();
+        self.run()
+    }
+
+    /// Subjects of the records waiting for a decision, in order.
+    pub fn pending_subjects(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.pending.iter().map(|p| p.subject.as_str())
+    }
+
+    /// True while records wait for a decision.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Answers the pending batch: `lawful[i]` says whether the i-th pending subject has a
+    /// lawful basis for the purpose. Writes the records and goes on with the body.
+    pub fn resolve(&mut self, lawful: &[bool]) -> Result<(), RedactError> {
+        if lawful.len() != self.pending.len() {
+            return Err(RedactError::Protocol);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for (p, &ok) in pending.iter().zip(lawful) {
+            // FAIL-CLOSED: only an explicit `true` releases the purpose's view.
+            let plan = if ok {
+                self.counts.kept += 1;
+                &self.view.record
+            } else {
+                match self.without_basis {
+                    WithoutBasis::Omit if !self.single => {
+                        self.counts.omitted += 1;
+                        continue;
+                    }
+                    WithoutBasis::Omit | WithoutBasis::Refuse => {
+                        return Err(RedactError::NoLawfulBasis);
+                    }
+                    WithoutBasis::NonPersonal => {
+                        self.counts.reduced += 1;
+                        &self.view.non_personal
+                    }
+                }
+            };
+            self.write_record(plan, &p.record);
+        }
+        if let Some(event) = self.deferred.take() {
+            self.handle(event)?;
+        }
+        self.run()
+    }
+
+    /// Takes the output written so far.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::replace(&mut self.out, Vec::with_capacity(16 * 1024))
+    }
+
+    /// Moves the output written so far to the end of `into`.
+    pub fn drain_output_into(&mut self, into: &mut Vec<u8>) {
+        into.append(&mut self.out);
+    }
+
+    /// True once the whole body was framed and written.
+    pub fn is_complete(&self) -> bool {
+        self.done && self.pending.is_empty() && self.deferred.is_none()
+    }
+
+    /// Counts of records so far.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    fn run(&mut self) -> Result<(), RedactError> {
+        while self.pending.len() < self.limits.batch && self.deferred.is_none() {
+            let Some(event) = self.framer.next_event()? else {
+                return Ok(());
+            };
+            let is_record = matches!(event, Event::Record(_) | Event::Body(_));
+            if !is_record && !self.pending.is_empty() {
+                self.deferred = Some(event);
+                return Ok(());
+            }
+            self.handle(event)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), RedactError> {
+        match event {
+            Event::OpenRoot => {
+                self.out.push(b'{');
+                self.levels.push(Level {
+                    plan: Some(&self.view.envelope),
+                    first: true,
+                });
+            }
+            Event::Member { key, value } => {
+                let parsed = parse(self.framer.slice(value), self.limits.max_depth)?;
+                let plan = self
+                    .levels
+                    .last()
+                    .and_then(|l| l.plan)
+                    .and_then(|p| p.member(&key));
+                if let Some(plan) = plan.filter(|p| !matches!(p, ValuePlan::Drop)) {
+                    let mark = self.out.len();
+                    let was_first = self.separator();
+                    apply::write_key(&key, &mut self.out);
+                    if !apply::write_value(plan, &parsed, &mut self.out) {
+                        // The plan dropped the value after all: so is its member and separator.
+                        self.out.truncate(mark);
+                        if let Some(level) = self.levels.last_mut() {
+                            level.first = was_first;
+                        }
+                    }
+                }
+            }
+            Event::OpenObject { key } => {
+                self.separator();
+                apply::write_key(&key, &mut self.out);
+                self.out.push(b'{');
+                let plan = self
+                    .levels
+                    .last()
+                    .and_then(|l| l.plan)
+                    .and_then(|p| p.member(&key))
+                    .and_then(|p| match p {
+                        ValuePlan::Object(o) => Some(o),
+                        _ => None,
+                    });
+                self.levels.push(Level { plan, first: true });
+            }
+            Event::OpenRecords { key } => {
+                if let Some(key) = key {
+                    self.separator();
+                    apply::write_key(&key, &mut self.out);
+                }
+                self.out.push(b'[');
+                self.first_record = true;
+            }
+            Event::Record(range) | Event::Body(range) => {
+                let record = parse(self.framer.slice(range), self.limits.max_depth)?;
+                let subject = self.subject_of(&record)?;
+                self.pending.push(Pending { record, subject });
+            }
+            Event::CloseRecords => self.out.push(b']'),
+            Event::CloseObject => {
+                self.levels.pop();
+                self.out.push(b'}');
+            }
+            Event::End => self.done = true,
+        }
+        Ok(())
+    }
+
+    fn subject_of(&self, record: &Value) -> Result<String, RedactError> {
+        let in_record = |path: &[Box<str>]| apply::subject_id(record, path);
+        match self.subject {
+            SubjectAt::Param(_) => self
+                .path_subject
+                .map(str::to_owned)
+                .ok_or(RedactError::NoSubject),
+            SubjectAt::Field(path) => in_record(path).ok_or(RedactError::NoSubject),
+            SubjectAt::ParamAndField(_, path) => {
+                let id = in_record(path).ok_or(RedactError::NoSubject)?;
+                // A CRM may answer a lookup with a merged or aliased record: the subject the
+                // client asked for must be the one whose data comes back.
+                if self.path_subject != Some(id.as_str()) {
+                    return Err(RedactError::SubjectMismatch);
+                }
+                Ok(id)
+            }
+        }
+    }
+
+    fn write_record(&mut self, plan: &ValuePlan, record: &Value) {
+        let mark = self.out.len();
+        if !self.single && !self.first_record {
+            self.out.push(b',');
+        }
+        if apply::write_value(plan, record, &mut self.out) {
+            self.first_record = false;
+        } else if self.single {
+            // A single record the plan drops entirely is still an answer: an empty object.
+            self.out.truncate(mark);
+            self.out.extend_from_slice(b"{}");
+        } else {
+            self.out.truncate(mark);
+        }
+    }
+
+    /// Writes a comma unless this is the first member of the current level; returns whether
+    /// it was the first.
+    fn separator(&mut self) -> bool {
+        let Some(level) = self.levels.last_mut() else {
+            return true;
+        };
+        let was_first = level.first;
+        if !was_first {
+            self.out.push(b',');
+        }
+        level.first = false;
+        was_first
+    }
+}
+
+/// Parses one complete value and checks it (duplicate keys, depth).
+fn parse(raw: &[u8], max_depth: usize) -> Result<Value, RedactError> {
+    let value: Value = sonic_rs::from_slice(raw).map_err(|_| FrameError::Malformed)?;
+    apply::check(&value, max_depth).map_err(|e| match e {
+        apply::Unreadable::DuplicateKey => FrameError::DuplicateKey,
+        apply::Unreadable::TooDeep => FrameError::TooDeep,
+    })?;
+    Ok(value)
+}
