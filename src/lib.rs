@@ -11,3 +11,8 @@
 
 pub mod policy;
 pub mod redact;
+pub mod config;
+pub mod identity;
+pub mod proxy;
+pub mod server;
+pub mod cli;

@@ -3,3 +3,4 @@
 //! Runtime code only ever sees the compiled form.
 
 pub mod compiled;
+pub mod matcher;

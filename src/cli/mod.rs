@@ -1,0 +1,92 @@
+//! The command line: one subcommand per file.
+//!
+//! Exit codes: 0 ok, 1 error, 3 invalid policy.
+
+pub mod check;
+pub mod consent;
+pub mod demo;
+pub mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Consentry: a privacy gateway in front of a CRM's HTTP/JSON API.
+#[derive(Debug, Parser)]
+#[command(name = "consentry", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
+    /// Check a policy directory: print every error, exit 3 if it does not compile.
+    Check {
+        /// The policy directory.
+        dir: PathBuf,
+        /// `human` or `json`.
+        #[arg(long, default_value = "human")]
+        error_format: String,
+    },
+    /// Record consent events in the embedded store.
+    Consent {
+        /// The data directory holding `consent.db`.
+        #[arg(long, env = "CONSENTRY_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        command: consent::ConsentCommand,
+    },
+    /// Start a sample CRM, seed consent and run the gateway in front of it.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs the command line.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Check { dir, error_format } => check::run(&dir, error_format == "json"),
+        Command::Consent { data_dir, command } => {
+            init_tracing();
+            match runtime(1).and_then(|rt| rt.block_on(consent::run(&data_dir, command))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+/// A tokio runtime with `workers` threads (0: one per core).
+pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    Ok(builder.build()?)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON when
+/// `CONSENTRY_LOG_FORMAT=json`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("CONSENTRY_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

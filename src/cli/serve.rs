@@ -1,0 +1,132 @@
+//! `consentry serve`: configuration from file, environment and flags, then the gateway until
+//! SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::Config;
+
+/// Flags of `serve`; each overrides the configuration file and has a `CONSENTRY_*` variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// The operations configuration file (`consentry.yaml`).
+    #[arg(long, env = "CONSENTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "CONSENTRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Base URL of the CRM (`http://host:port`).
+    #[arg(long, env = "CONSENTRY_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Policy directory.
+    #[arg(long, env = "CONSENTRY_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// Data directory (consent store).
+    #[arg(long, env = "CONSENTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest upstream body on a protected route, in bytes.
+    #[arg(long, env = "CONSENTRY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Largest record, in bytes.
+    #[arg(long, env = "CONSENTRY_MAX_RECORD_BYTES")]
+    pub max_record_bytes: Option<usize>,
+    /// Deepest JSON nesting in a record.
+    #[arg(long, env = "CONSENTRY_MAX_DEPTH")]
+    pub max_depth: Option<usize>,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "CONSENTRY_MAX_REQUEST_BODY_BYTES")]
+    pub max_request_body_bytes: Option<u64>,
+    /// Largest request head, in bytes.
+    #[arg(long, env = "CONSENTRY_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most concurrent client connections.
+    #[arg(long, env = "CONSENTRY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Upstream connect timeout, ms.
+    #[arg(long, env = "CONSENTRY_CONNECT_TIMEOUT_MS")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Upstream response-head timeout, ms.
+    #[arg(long, env = "CONSENTRY_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+    /// Whole upstream exchange timeout, ms.
+    #[arg(long, env = "CONSENTRY_TOTAL_TIMEOUT_MS")]
+    pub total_timeout_ms: Option<u64>,
+    /// Consent cache TTL, ms.
+    #[arg(long, env = "CONSENTRY_CONSENT_CACHE_TTL_MS")]
+    pub consent_cache_ttl_ms: Option<u64>,
+    /// Consent lookup timeout, ms.
+    #[arg(long, env = "CONSENTRY_CONSENT_TIMEOUT_MS")]
+    pub consent_timeout_ms: Option<u64>,
+    /// Worker threads (0: one per core).
+    #[arg(long, env = "CONSENTRY_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The configuration: defaults, then the file, then environment and flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($flag:ident => $($field:ident).+;)*) => {
+                $(if let Some(v) = &self.$flag { c.$($field).+ = v.clone(); })*
+            };
+        }
+        set! {
+            listen => listen;
+            upstream => upstream;
+            policies => policies;
+            data_dir => data_dir;
+            max_body_bytes => limits.max_body_bytes;
+            max_record_bytes => limits.max_record_bytes;
+            max_depth => limits.max_depth;
+            max_request_body_bytes => limits.max_request_body_bytes;
+            max_header_bytes => limits.max_header_bytes;
+            max_connections => limits.max_connections;
+            connect_timeout_ms => timeouts.connect_ms;
+            header_timeout_ms => timeouts.header_ms;
+            total_timeout_ms => timeouts.total_ms;
+            consent_cache_ttl_ms => consent.cache_ttl_ms;
+            consent_timeout_ms => consent.lookup_timeout_ms;
+            workers => workers;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Runs `serve`.
+pub fn run(args: ServeArgs) -> ExitCode {
+    super::init_tracing();
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = super::runtime(config.workers).and_then(|rt| rt.block_on(serve(config)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<crate::server::StartError>()
+                .is_some_and(|s| matches!(s, crate::server::StartError::Policy { .. }))
+            {
+                return ExitCode::from(3);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let gateway = crate::server::build(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(listen = %config.listen, upstream = %config.upstream, "consentry listening");
+    crate::server::run(listener, gateway, &config, crate::server::signal()).await;
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Operations configuration: `consentry.yaml`, overridden by `CONSENTRY_*` environment
+//! variables, overridden by command-line flags.
+//!
+//! The file only holds operational settings (addresses, limits, timeouts); what the gateway
+//! enforces lives in the policy directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The operations settings of one gateway process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the proxy listens on (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Base URL of the CRM, e.g. `http://127.0.0.1:18081`.
+    pub upstream: String,
+    /// Directory of policy YAML files.
+    pub policies: PathBuf,
+    /// Directory for the embedded consent store.
+    pub data_dir: PathBuf,
+    /// Bounds on requests and responses.
+    pub limits: LimitsConfig,
+    /// Timeouts, in milliseconds.
+    pub timeouts: TimeoutsConfig,
+    /// The consent cache and store lookups.
+    pub consent: ConsentConfig,
+    /// Tokio worker threads (0: one per core).
+    pub workers: usize,
+}
+
+/// Bounds on requests and responses.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest upstream body on a protected route, after decoding.
+    pub max_body_bytes: u64,
+    /// Largest single record (or envelope value).
+    pub max_record_bytes: usize,
+    /// Deepest JSON nesting inside a record.
+    pub max_depth: usize,
+    /// Largest request body forwarded upstream.
+    pub max_request_body_bytes: u64,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2).
+    pub max_header_bytes: usize,
+    /// Concurrent client connections.
+    pub max_connections: usize,
+}
+
+/// Timeouts, in milliseconds.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// Connecting to the upstream.
+    pub connect_ms: u64,
+    /// From sending the request to the upstream's response head.
+    pub header_ms: u64,
+    /// The whole exchange with the upstream, body included.
+    pub total_ms: u64,
+    /// Reading a client's request head.
+    pub client_header_ms: u64,
+    /// Draining requests in flight on shutdown.
+    pub shutdown_ms: u64,
+}
+
+/// The consent cache and store lookups.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsentConfig {
+    /// How long a looked-up consent state is reused.
+    pub cache_ttl_ms: u64,
+    /// How long a batched store lookup may take before it counts as "no consent".
+    pub lookup_timeout_ms: u64,
+    /// Most cached entries.
+    pub cache_entries: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream: "http://127.0.0.1:18081".to_owned(),
+            policies: PathBuf::from("policies/examples"),
+            data_dir: PathBuf::from("data"),
+            limits: LimitsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            consent: ConsentConfig::default(),
+            workers: 0,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024 * 1024,
+            max_record_bytes: 1024 * 1024,
+            max_depth: 64,
+            max_request_body_bytes: 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_connections: 4096,
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect_ms: 2_000,
+            header_ms: 15_000,
+            total_ms: 60_000,
+            client_header_ms: 10_000,
+            shutdown_ms: 15_000,
+        }
+    }
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl_ms: 5_000,
+            lookup_timeout_ms: 1_000,
+            cache_entries: 100_000,
+        }
+    }
+}
+
+impl TimeoutsConfig {
+    /// Milliseconds as a duration.
+    pub fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+/// Reading the configuration file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a configuration file; every key is optional, unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses configuration YAML.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let uri: http::Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("upstream `{}`: {e}", self.upstream)))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "upstream `{}` must be an http:// URL with a host",
+                self.upstream
+            )));
+        }
+        if self.limits.max_depth == 0 || self.limits.max_record_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "limits must be greater than zero".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}

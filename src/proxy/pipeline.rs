@@ -1,0 +1,201 @@
+//! THE request path, top to bottom: normalise, identify, resolve the purpose, match the route,
+//! forward, protect the response. Its caller turns a [`Refusal`] into a response and writes
+//! the decision line, once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+
+use super::Gateway;
+use super::body::{self, Body};
+use super::path;
+use super::refusal::Refusal;
+use super::request;
+use super::response::{self, Protected};
+use crate::identity;
+use crate::policy::matcher::Matched;
+
+/// What the decision line says about one request.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub caller: Option<Box<str>>,
+    pub purpose: Option<Box<str>>,
+    pub route: Option<Box<str>>,
+}
+
+/// Handles one client request; never fails: refusals become problem+json responses.
+pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let mut decision = Decision::default();
+    match process(&gw, req, client, &mut decision).await {
+        Ok(Outcome::Passthrough(rsp)) => {
+            tracing::info!(
+                target: "consentry::decision",
+                method = %method,
+                status = rsp.status().as_u16(),
+                outcome = "passthrough",
+                elapsed_us = started.elapsed().as_micros() as u64,
+            );
+            rsp
+        }
+        // The protected path writes its own decision line once the body is done.
+        Ok(Outcome::Protected(rsp)) => rsp,
+        Err(refusal) => {
+            tracing::info!(
+                target: "consentry::decision",
+                method = %method,
+                caller = decision.caller.as_deref().unwrap_or("-"),
+                purpose = decision.purpose.as_deref().unwrap_or("-"),
+                route = decision.route.as_deref().unwrap_or("-"),
+                status = refusal.status().as_u16(),
+                outcome = "refused",
+                reason = refusal.reason(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+            );
+            refusal.into_response()
+        }
+    }
+}
+
+enum Outcome {
+    Passthrough(Response<Body>),
+    Protected(Response<Body>),
+}
+
+async fn process(
+    gw: &Arc<Gateway>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+    decision: &mut Decision,
+) -> Result<Outcome, Refusal> {
+    let policy = gw.policy.load_full();
+    let original_host = host_of(&req)?;
+    let normal = path::normalise(req.uri().path()).map_err(|e| Refusal::BadPath(e.to_string()))?;
+
+    let matched = policy.match_path(req.method(), &normal.segments);
+    if let Matched::Passthrough = matched {
+        let rsp = forward(gw, req, &normal.text, client, original_host, false).await?;
+        let (mut parts, incoming) = rsp.into_parts();
+        request::strip_hop_by_hop(&mut parts.headers);
+        return Ok(Outcome::Passthrough(Response::from_parts(
+            parts,
+            body::passthrough(incoming),
+        )));
+    }
+
+    let caller = identity::identify(req.headers(), &policy)?;
+    decision.caller = Some(caller.name.clone());
+    let (purpose_id, purpose) = identity::resolve_purpose(req.headers(), caller, &policy)?;
+    decision.purpose = Some(purpose.name.clone());
+    let Matched::Route(route, params) = matched else {
+        return Err(Refusal::RouteNotCovered);
+    };
+    decision.route = Some(route.name.clone());
+    let head = req.method() == Method::HEAD;
+    let effective = if head { &Method::GET } else { req.method() };
+    if !route.methods.contains(effective) {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    let route_index = policy
+        .routes
+        .iter()
+        .position(|r| std::ptr::eq(r, route))
+        .ok_or(Refusal::Internal)?;
+    if route
+        .views
+        .get(usize::from(purpose_id))
+        .and_then(Option::as_ref)
+        .is_none()
+    {
+        return Err(Refusal::PurposeNotCovered(purpose.name.to_string()));
+    }
+    let path_subject = match &route.subject {
+        crate::policy::compiled::SubjectAt::Param(i)
+        | crate::policy::compiled::SubjectAt::ParamAndField(i, _) => {
+            Some(params.get(*i).ok_or(Refusal::Internal)?.to_string())
+        }
+        crate::policy::compiled::SubjectAt::Field(_) => None,
+    };
+    let gpc = req
+        .headers()
+        .get("sec-gpc")
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+    if let Some(len) = content_length(req.headers()) {
+        if len > gw.limits.max_request_body_bytes {
+            return Err(Refusal::RequestTooLarge);
+        }
+    }
+
+    let mut req = req;
+    if head {
+        *req.method_mut() = Method::GET;
+    }
+    let rsp = forward(gw, req, &normal.text, client, original_host, true).await?;
+    let protected = Protected {
+        policy,
+        route_index,
+        purpose_id,
+        path_subject,
+        gpc,
+        head,
+        caller: caller.name.clone(),
+    };
+    response::protect(gw.clone(), rsp, protected)
+        .await
+        .map(Outcome::Protected)
+}
+
+/// Sends the request upstream with the normalised path.
+async fn forward(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    path: &str,
+    client: SocketAddr,
+    original_host: Option<HeaderValue>,
+    protected: bool,
+) -> Result<Response<Incoming>, Refusal> {
+    let (parts, incoming) = req.into_parts();
+    let uri = gw.upstream.uri_for(path, parts.uri.query())?;
+    let headers = request::upstream_headers(
+        parts.headers,
+        client,
+        original_host,
+        &gw.upstream.host,
+        protected,
+    );
+    let limit = usize::try_from(gw.limits.max_request_body_bytes).unwrap_or(usize::MAX);
+    let mut up = Request::new(Limited::new(incoming, limit));
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.headers_mut() = headers;
+    gw.upstream.send(up).await
+}
+
+/// The host the client addressed. An absolute-form target naming another host than `Host`
+/// is refused: the gateway would otherwise judge one request and forward another.
+fn host_of(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadRequest("more than one Host header"));
+    }
+    match (req.uri().authority(), &host) {
+        (Some(authority), Some(h)) if authority.as_str().as_bytes() != h.as_bytes() => {
+            Err(Refusal::BadRequest("the request target names another host"))
+        }
+        (Some(authority), None) => Ok(HeaderValue::from_str(authority.as_str()).ok()),
+        _ => Ok(host),
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -1,0 +1,101 @@
+//! The pooled keep-alive client to the one upstream CRM, with connect and response-head
+//! timeouts.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::refusal::Refusal;
+
+/// The body sent upstream: the client's request body, bounded.
+pub type UpstreamBody = Limited<Incoming>;
+
+/// The upstream CRM.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, UpstreamBody>,
+    scheme_authority: String,
+    /// A path prefix of the upstream URL (`http://crm/api` -> `/api`), without trailing slash.
+    prefix: String,
+    /// The upstream's authority, sent as `Host`.
+    pub host: HeaderValue,
+    header_timeout: Duration,
+}
+
+impl Upstream {
+    /// A client for the upstream at `url` (`http://host:port[/prefix]`).
+    pub fn new(url: &str, connect_timeout: Duration, header_timeout: Duration) -> Result<Self, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("upstream `{url}`: {e}"))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("upstream `{url}` has no host"))?
+            .clone();
+        if uri.scheme_str() != Some("http") {
+            return Err(format!("upstream `{url}` must use http://"));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| format!("upstream `{url}`: {e}"))?;
+        Ok(Self {
+            client,
+            scheme_authority: format!("http://{authority}"),
+            prefix,
+            host,
+            header_timeout,
+        })
+    }
+
+    /// The upstream URI for a normalised path and the request's query.
+    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
+        let mut text = String::with_capacity(self.scheme_authority.len() + path.len() + 64);
+        text.push_str(&self.scheme_authority);
+        text.push_str(&self.prefix);
+        text.push_str(path);
+        if let Some(q) = query {
+            text.push('?');
+            text.push_str(q);
+        }
+        text.parse()
+            .map_err(|_| Refusal::BadRequest("the request target cannot be forwarded"))
+    }
+
+    /// Sends a request and waits for the response head.
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Refusal> {
+        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+            Err(_) => Err(Refusal::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upstream request failed");
+                if is_body_limit(&e) {
+                    Err(Refusal::RequestTooLarge)
+                } else {
+                    Err(Refusal::UpstreamUnavailable)
+                }
+            }
+            Ok(Ok(rsp)) => Ok(rsp),
+        }
+    }
+}
+
+fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}

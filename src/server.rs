@@ -1,0 +1,171 @@
+//! Accepting connections and serving them (HTTP/1.1 and h2c with prior knowledge on one
+//! port), until shutdown; then draining requests in flight.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::proxy::Gateway;
+use crate::proxy::pipeline;
+
+/// Serves `listener` until `shutdown` resolves, then waits up to the configured grace period
+/// for requests in flight.
+pub async fn run(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.timeouts.client_header_ms))
+        .max_buf_size(config.limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let service = service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gw, req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = Duration::from_millis(config.timeouts.shutdown_ms);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}
+
+/// Starting the gateway failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the policy in {dir} does not compile:\n{errors}")]
+    Policy {
+        dir: std::path::PathBuf,
+        errors: crate::policy::diagnostic::PolicyErrors,
+    },
+    #[error("the consent store cannot be opened: {0}")]
+    Store(#[from] crate::consent::store::StoreError),
+    #[error("the data directory {dir} cannot be created: {source}")]
+    DataDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Builds the shared state of a gateway from its configuration: compiles the policy (never
+/// starting on one that does not compile), opens the consent store, prepares the upstream
+/// client.
+pub async fn build(config: &Config) -> Result<Arc<Gateway>, StartError> {
+    config
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let policy = crate::policy::load_dir(&config.policies).map_err(|errors| StartError::Policy {
+        dir: config.policies.clone(),
+        errors,
+    })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let store = crate::consent::sqlite::SqliteStore::open(config.data_dir.join("consent.db")).await?;
+    let consent = crate::consent::cache::ConsentService::new(
+        Arc::new(store),
+        crate::consent::cache::CacheConfig {
+            ttl: Duration::from_millis(config.consent.cache_ttl_ms),
+            lookup_timeout: Duration::from_millis(config.consent.lookup_timeout_ms),
+            max_subjects: config.consent.cache_entries,
+        },
+    );
+    let upstream = crate::proxy::upstream::Upstream::new(
+        &config.upstream,
+        Duration::from_millis(config.timeouts.connect_ms),
+        Duration::from_millis(config.timeouts.header_ms),
+    )
+    .map_err(StartError::Config)?;
+    tracing::info!(
+        revision = %policy.revision,
+        routes = policy.routes.len(),
+        purposes = policy.purposes.len(),
+        callers = policy.callers.len(),
+        "policy loaded"
+    );
+    Ok(Arc::new(Gateway {
+        policy: arc_swap::ArcSwap::from_pointee(policy),
+        consent,
+        upstream,
+        limits: config.limits,
+        total_timeout: Duration::from_millis(config.timeouts.total_ms),
+    }))
+}
