@@ -8,5 +8,8 @@
 //!   (pure: no tokio, no hyper).
 //! - [`consent`]: consent stores (SQLite embedded), the cache in front of them, lawful-basis
 //!   decisions.
+//! - [`cli`]: subcommands of the `consentry` binary.
 
+pub mod cli;
+pub mod consent;
 pub mod policy;

@@ -1,0 +1,3 @@
+//! Subcommands of the `consentry` binary, one file each.
+
+pub mod consent;
