@@ -23,10 +23,6 @@ use tokio::task::JoinHandle;
 use super::event::{ALL_PURPOSES, ConsentEvent, EventKind, now_ms};
 use super::store::{ConsentState, ConsentStore, EventOrder, LatestEvent, StoreError, StoreFuture};
 
-/// How long a connection waits for another writer's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the watcher asks SQLite whether someone else wrote.
-const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// Most subjects bound in one lookup statement (SQLite allows 32,766 parameters; smaller
 /// statements keep the plan cheap and the statement cache useful).
 const LOOKUP_CHUNK: usize = 500;
@@ -58,6 +54,28 @@ END;
 PRAGMA user_version = 1;
 ";
 
+/// Tuning of a [`SqliteStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteStoreOptions {
+    /// How long a connection waits for another writer's lock before failing.
+    pub busy_timeout: Duration,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// How often to ask SQLite whether another process wrote; `None`: do not watch (the store
+    /// then reports no change feed, and caches rely on their TTL).
+    pub watch_interval: Option<Duration>,
+}
+
+impl Default for SqliteStoreOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 4,
+            watch_interval: Some(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// A consent store in one SQLite file.
 ///
 /// Dropping it stops its change watcher.
@@ -66,8 +84,8 @@ pub struct SqliteStore {
     /// Rows this store appended, held across each commit so that the watcher can tell our own
     /// writes from other processes' writes.
     own_rows: Arc<Mutex<i64>>,
-    changes: watch::Receiver<u64>,
-    watcher: JoinHandle<()>,
+    /// The change feed and the task that drives it, when watching.
+    changes: Option<(watch::Receiver<u64>, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -78,37 +96,53 @@ impl std::fmt::Debug for SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some((_, watcher)) = &self.changes {
+            watcher.abort();
+        }
     }
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store at `path`, migrates its schema, and starts the
-    /// change watcher. Must be called inside a tokio runtime. The parent directory must exist.
+    /// Opens (creating if needed) the store at `path` with default options, migrates its
+    /// schema, and starts the change watcher. Must be called inside a tokio runtime. The parent
+    /// directory must exist.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteStoreOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`] with explicit options.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        tuning: SqliteStoreOptions,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path.as_ref())
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed withdrawal must survive a power cut.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(tuning.busy_timeout);
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(BUSY_TIMEOUT)
+            .max_connections(tuning.max_connections.max(1))
+            .acquire_timeout(tuning.busy_timeout)
             .connect_with(options.clone())
             .await?;
         migrate(&pool).await?;
 
         let own_rows = Arc::new(Mutex::new(0));
-        let watch_conn = SqliteConnection::connect_with(&options).await?;
-        let (tx, changes) = watch::channel(0);
-        let watcher = tokio::spawn(watch_data_version(watch_conn, Arc::clone(&own_rows), tx));
+        let changes = match tuning.watch_interval {
+            Some(every) => {
+                let conn = SqliteConnection::connect_with(&options).await?;
+                let (tx, rx) = watch::channel(0);
+                let own = Arc::clone(&own_rows);
+                Some((rx, tokio::spawn(watch_data_version(conn, own, tx, every))))
+            }
+            None => None,
+        };
         Ok(Self {
             pool,
             own_rows,
             changes,
-            watcher,
         })
     }
 
@@ -200,6 +234,12 @@ impl SqliteStore {
             .collect()
     }
 
+    /// The connection pool, for tests that need to starve or inspect it.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Closes the connection pool after pending queries finish; later calls fail. The
     /// watcher stops when the store is dropped.
     pub async fn close(&self) {
@@ -225,7 +265,7 @@ impl ConsentStore for SqliteStore {
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.changes.clone())
+        self.changes.as_ref().map(|(rx, _)| rx.clone())
     }
 }
 
@@ -295,11 +335,12 @@ async fn watch_data_version(
     mut conn: SqliteConnection,
     own_rows: Arc<Mutex<i64>>,
     changes: watch::Sender<u64>,
+    every: Duration,
 ) {
     let bump = || changes.send_modify(|v| *v = v.wrapping_add(1));
     let mut version = data_version(&mut conn).await.ok();
     let mut seen = rows_and_own(&mut conn, &own_rows).await.ok();
-    let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+    let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
