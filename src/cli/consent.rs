@@ -251,3 +251,75 @@ async fn history(store: &SqliteStore, subject: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: ConsentCommand,
+    }
+
+    fn parse(args: &[&str]) -> ConsentCommand {
+        Cli::try_parse_from(std::iter::once("consent").chain(args.iter().copied()))
+            .unwrap()
+            .cmd
+    }
+
+    #[test]
+    fn arguments() {
+        assert_eq!(
+            parse(&["opt-out", "42"]),
+            ConsentCommand::OptOut {
+                subject: "42".into(),
+                purpose: "*".into(),
+                source: "cli".into(),
+                proof: None,
+            }
+        );
+        assert_eq!(
+            parse(&[
+                "grant",
+                "42",
+                "marketing",
+                "--expires",
+                "2030-01-01T00:00:00Z",
+                "--proof",
+                "p",
+            ]),
+            ConsentCommand::Grant {
+                subject: "42".into(),
+                purpose: "marketing".into(),
+                expires: Some("2030-01-01T00:00:00Z".into()),
+                source: "cli".into(),
+                proof: Some("p".into()),
+            }
+        );
+        assert_eq!(
+            parse(&["import", "x.txt", "--format", "jsonl"]),
+            ConsentCommand::Import {
+                file: "x.txt".into(),
+                format: Some(ImportFormat::Jsonl),
+                source: "import".into(),
+            }
+        );
+        assert!(Cli::try_parse_from(["consent", "withdraw", "42"]).is_err());
+    }
+
+    #[test]
+    fn format_from_extension() {
+        for (name, want) in [
+            ("a.csv", Some(ImportFormat::Csv)),
+            ("a.CSV", Some(ImportFormat::Csv)),
+            ("a.jsonl", Some(ImportFormat::Jsonl)),
+            ("a.ndjson", Some(ImportFormat::Jsonl)),
+            ("a.json", None),
+            ("a", None),
+        ] {
+            assert_eq!(ImportFormat::from_path(Path::new(name)), want, "{name}");
+        }
+    }
+}

@@ -233,8 +233,10 @@ impl ConsentService {
             }
         };
         self.make_room(missed.len());
+        // A batch larger than the whole cache is answered in full but cached only in part.
+        let room = self.config.max_subjects.saturating_sub(self.cache.len());
         let expires = Instant::now() + self.config.ttl;
-        for (subject, state) in missed.iter().zip(&states) {
+        for (subject, state) in missed.iter().zip(&states).take(room) {
             let mut slots = self.cache.entry(Box::from(*subject)).or_default();
             let now = Instant::now();
             slots.retain(|s| s.purpose != purpose.name && s.expires > now);
