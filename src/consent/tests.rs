@@ -249,6 +249,31 @@ async fn invalid_events_are_not_appended() {
 }
 
 #[tokio::test]
+async fn an_append_that_fails_midway_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let s = quiet_store(&path).await;
+    // The database itself refuses the second row.
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON consent_events WHEN NEW.subject = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    )
+    .execute(&mut raw(&path).await)
+    .await
+    .unwrap();
+    let t = now_ms();
+    let err = s
+        .append(&[
+            ev("fine", "m", EventKind::Granted, t),
+            ev("boom", "m", EventKind::Granted, t),
+        ])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(s.history("fine").await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn the_table_is_append_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
