@@ -14,7 +14,7 @@ use crate::consent::event::{
     ALL_PURPOSES, ConsentEvent, EventKind, format_rfc3339_ms, now_ms, parse_csv, parse_json_lines,
     parse_rfc3339_ms,
 };
-use crate::consent::sqlite::SqliteStore;
+use crate::consent::sqlite::{SqliteStore, SqliteStoreOptions};
 use crate::consent::store::ConsentStore;
 
 /// The store file inside the data directory.
@@ -123,7 +123,12 @@ pub async fn run(data_dir: &Path, cmd: ConsentCommand) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let path = data_dir.join(STORE_FILE);
-    let store = SqliteStore::open(&path)
+    // A one-shot command has no cache to keep fresh: no change watcher.
+    let options = SqliteStoreOptions {
+        watch_interval: None,
+        ..SqliteStoreOptions::default()
+    };
+    let store = SqliteStore::open_with(&path, options)
         .await
         .with_context(|| format!("cannot open the consent store {}", path.display()))?;
     let result = execute(&store, cmd).await;
