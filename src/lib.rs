@@ -8,11 +8,17 @@
 //!   (pure: no tokio, no hyper).
 //! - [`consent`]: consent stores (SQLite embedded), the cache in front of them, lawful-basis
 //!   decisions.
+//! - [`identity`]: who is calling ([`identity::identify`]) and for which purpose.
+//! - [`proxy`]: the request path ([`proxy::pipeline`]), the upstream client, refusals.
+//! - [`server`]: listening, serving HTTP/1.1 and h2c, draining on shutdown.
+//! - [`config`]: operations settings (`consentry.yaml`, `CONSENTRY_*`, flags).
+//! - [`cli`]: subcommands of the `consentry` binary.
 
-pub mod policy;
-pub mod redact;
-pub mod config;
-pub mod identity;
-pub mod proxy;
-pub mod server;
 pub mod cli;
+pub mod config;
+pub mod consent;
+pub mod identity;
+pub mod policy;
+pub mod proxy;
+pub mod redact;
+pub mod server;

@@ -137,7 +137,7 @@ async fn process(
     }
     let rsp = forward(gw, req, &normal.text, client, original_host, true).await?;
     let protected = Protected {
-        policy,
+        policy: policy.clone(),
         route_index,
         purpose_id,
         path_subject,

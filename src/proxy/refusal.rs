@@ -6,6 +6,8 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use super::body::{self, Body};
+
 /// A refusal, one variant per stable reason code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -135,8 +137,8 @@ impl Refusal {
     }
 
     /// The response for this refusal.
-    pub fn into_response<B: From<Bytes>>(&self) -> Response<B> {
-        let mut rsp = Response::new(B::from(Bytes::from(self.problem_json())));
+    pub fn into_response(&self) -> Response<Body> {
+        let mut rsp = Response::new(body::full(Bytes::from(self.problem_json())));
         *rsp.status_mut() = self.status();
         let headers = rsp.headers_mut();
         headers.insert(

@@ -177,12 +177,56 @@ fn refusal_of(e: &RedactError) -> Refusal {
     }
 }
 
-/// Where the redacted output goes.
-enum Sink {
-    /// Before the head: held, to be sent whole or as the first chunk.
-    Holding(oneshot::Sender<Result<Head, Refusal>>),
-    /// After the head: streamed.
-    Streaming(mpsc::Sender<Result<Bytes, BoxError>>),
+/// Where the redacted output goes: held until the head is sent, then streamed.
+struct Sink {
+    /// Set until the response head is decided.
+    head: Option<oneshot::Sender<Result<Head, Refusal>>>,
+    /// Set once the body streams.
+    stream: Option<mpsc::Sender<Result<Bytes, BoxError>>>,
+    held: Vec<u8>,
+}
+
+impl Sink {
+    /// Sends what is held once it is large enough to stream. Returns false when the client is
+    /// gone.
+    async fn flush_if_large(&mut self) -> bool {
+        if self.held.len() < HOLD_BYTES {
+            return true;
+        }
+        if let Some(head) = self.head.take() {
+            let (tx, rest) = ChannelBody::new(2);
+            if head.send(Ok(Head::Streaming(rest))).is_err() {
+                return false;
+            }
+            self.stream = Some(tx);
+        }
+        match &self.stream {
+            Some(tx) => tx.send(Ok(Bytes::from(std::mem::take(&mut self.held)))).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// The body is complete: sends it whole, or its last part.
+    async fn complete(&mut self) {
+        let bytes = Bytes::from(std::mem::take(&mut self.held));
+        if let Some(head) = self.head.take() {
+            let _ = head.send(Ok(Head::Complete(bytes)));
+        } else if let Some(tx) = &self.stream {
+            if !bytes.is_empty() {
+                let _ = tx.send(Ok(bytes)).await;
+            }
+        }
+    }
+
+    /// The body failed: a refusal before the head, an aborted transfer after it.
+    async fn fail(&mut self, refusal: Refusal) {
+        if let Some(head) = self.head.take() {
+            let _ = head.send(Err(refusal));
+        } else if let Some(tx) = &self.stream {
+            // FAIL-CLOSED: the client must see a broken transfer, never a complete body.
+            let _ = tx.send(Err(Box::new(refusal))).await;
+        }
+    }
 }
 
 /// The body task: reads, decodes, redacts with consent decided per batch, and sends.
@@ -194,16 +238,16 @@ async fn redact_body(
 ) {
     let started = Instant::now();
     let policy = req.policy.clone();
-    let Some(route) = policy.routes.get(req.route_index) else {
-        let _ = head_tx.send(Err(Refusal::Internal));
-        return;
+    let mut sink = Sink {
+        head: Some(head_tx),
+        stream: None,
+        held: Vec::new(),
     };
-    let Some(view) = route.views.get(usize::from(req.purpose_id)).and_then(Option::as_deref) else {
-        let _ = head_tx.send(Err(Refusal::Internal));
-        return;
-    };
-    let Some(purpose) = policy.purposes.get(usize::from(req.purpose_id)) else {
-        let _ = head_tx.send(Err(Refusal::Internal));
+    let route = policy.routes.get(req.route_index);
+    let view = route.and_then(|r| r.views.get(usize::from(req.purpose_id))?.as_deref());
+    let purpose = policy.purposes.get(usize::from(req.purpose_id));
+    let (Some(route), Some(view), Some(purpose)) = (route, view, purpose) else {
+        sink.fail(Refusal::Internal).await;
         return;
     };
     let limits = Limits {
@@ -219,107 +263,82 @@ async fn redact_body(
         req.path_subject.as_deref(),
         limits,
     );
-    let deadline = tokio::time::Instant::now() + gw.total_timeout;
-    let mut sink = Sink::Holding(head_tx);
-    let mut held: Vec<u8> = Vec::new();
-    let mut read: u64 = 0;
-    let result: Result<(), Refusal> = async {
-        loop {
-            let chunk = match tokio::time::timeout_at(deadline, decoded.next_chunk()).await {
-                Err(_) => return Err(Refusal::UpstreamTimeout),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "upstream body broke off");
-                    return Err(Refusal::UpstreamUnreadable("the upstream body broke off"));
-                }
-                Ok(Ok(chunk)) => chunk,
-            };
-            match &chunk {
-                Some(bytes) => {
-                    read += bytes.len() as u64;
-                    if read > gw.limits.max_body_bytes {
-                        return Err(Refusal::BodyTooLarge);
-                    }
-                    redactor.push(bytes).map_err(|e| refusal_of(&e))?;
-                }
-                None => redactor.finish().map_err(|e| refusal_of(&e))?,
-            }
-            while redactor.has_pending() {
-                let subjects: Vec<&str> = redactor.pending_subjects().collect();
-                let decisions = gw
-                    .consent
-                    .decide_batch(purpose, &subjects, req.gpc)
-                    .await;
-                // FAIL-CLOSED: only Granted is a lawful basis; Denied and Unknown are not.
-                let lawful: Vec<bool> = decisions
-                    .iter()
-                    .map(|c| matches!(c, Consent::Granted))
-                    .collect();
-                redactor.resolve(&lawful).map_err(|e| refusal_of(&e))?;
-            }
-            if chunk.is_none() {
-                if !redactor.is_complete() {
-                    return Err(Refusal::UpstreamUnreadable("the upstream body ended early"));
-                }
-                break;
-            }
-            if req.head {
-                // HEAD: the body is examined for the status, then discarded.
-                redactor.take_output();
-                continue;
-            }
-            redactor.drain_output_into(&mut held);
-            if held.len() >= HOLD_BYTES {
-                sink = match sink {
-                    Sink::Holding(head_tx) => {
-                        let (tx, rest) = ChannelBody::new(2);
-                        if head_tx.send(Ok(Head::Streaming(rest))).is_err() {
-                            return Ok(());
-                        }
-                        Sink::Streaming(tx)
-                    }
-                    streaming => streaming,
-                };
-                if let Sink::Streaming(tx) = &sink {
-                    let bytes = Bytes::from(std::mem::take(&mut held));
-                    if tx.send(Ok(bytes)).await.is_err() {
-                        // The client went away.
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        redactor.drain_output_into(&mut held);
-        match std::mem::replace(&mut sink, Sink::Streaming(mpsc::channel(1).0)) {
-            Sink::Holding(head_tx) => {
-                let _ = head_tx.send(Ok(Head::Complete(Bytes::from(std::mem::take(&mut held)))));
-            }
-            Sink::Streaming(tx) => {
-                if !held.is_empty() {
-                    let _ = tx.send(Ok(Bytes::from(std::mem::take(&mut held)))).await;
-                }
-            }
-        }
-        Ok(())
-    }
-    .await;
-    let counts = redactor.counts();
-    let outcome = match &result {
-        Ok(()) => "redacted",
-        Err(_) => match &sink {
-            Sink::Holding(_) => "refused",
-            Sink::Streaming(_) => "aborted",
-        },
+    let result = pump(&gw, &req, purpose, &mut decoded, &mut redactor, &mut sink).await;
+    let outcome = match (&result, sink.head.is_some()) {
+        (Ok(()), _) => "redacted",
+        (Err(_), true) => "refused",
+        (Err(_), false) => "aborted",
     };
-    decision_line(&req, route.name.as_ref(), purpose.name.as_ref(), counts, &result, outcome, started);
-    if let Err(refusal) = result {
-        match sink {
-            Sink::Holding(head_tx) => {
-                let _ = head_tx.send(Err(refusal));
+    decision_line(
+        &req,
+        route.name.as_ref(),
+        purpose.name.as_ref(),
+        redactor.counts(),
+        &result,
+        outcome,
+        started,
+    );
+    match result {
+        Ok(()) => sink.complete().await,
+        Err(refusal) => sink.fail(refusal).await,
+    }
+}
+
+/// Moves the body from the upstream through the redactor to the sink.
+async fn pump(
+    gw: &Gateway,
+    req: &Protected,
+    purpose: &crate::policy::compiled::Purpose,
+    decoded: &mut Decoded,
+    redactor: &mut Redactor<'_>,
+    sink: &mut Sink,
+) -> Result<(), Refusal> {
+    let deadline = tokio::time::Instant::now() + gw.total_timeout;
+    let mut read: u64 = 0;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, decoded.next_chunk()).await {
+            Err(_) => return Err(Refusal::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upstream body broke off");
+                return Err(Refusal::UpstreamUnreadable("the upstream body broke off"));
             }
-            Sink::Streaming(tx) => {
-                // FAIL-CLOSED: the client must see a broken transfer, never a complete body.
-                let _ = tx.send(Err(Box::new(refusal))).await;
+            Ok(Ok(chunk)) => chunk,
+        };
+        match &chunk {
+            Some(bytes) => {
+                read += bytes.len() as u64;
+                if read > gw.limits.max_body_bytes {
+                    return Err(Refusal::BodyTooLarge);
+                }
+                redactor.push(bytes).map_err(|e| refusal_of(&e))?;
             }
+            None => redactor.finish().map_err(|e| refusal_of(&e))?,
+        }
+        while redactor.has_pending() {
+            let subjects: Vec<&str> = redactor.pending_subjects().collect();
+            let decisions = gw.consent.decide_batch(purpose, &subjects, req.gpc).await;
+            // FAIL-CLOSED: only Granted is a lawful basis; Denied and Unknown are not.
+            let lawful: Vec<bool> = decisions
+                .iter()
+                .map(|c| matches!(c, Consent::Granted))
+                .collect();
+            redactor.resolve(&lawful).map_err(|e| refusal_of(&e))?;
+        }
+        if req.head {
+            // HEAD: the body is examined for the status, then discarded.
+            redactor.take_output();
+        } else {
+            redactor.drain_output_into(&mut sink.held);
+        }
+        if chunk.is_none() {
+            if !redactor.is_complete() {
+                return Err(Refusal::UpstreamUnreadable("the upstream body ended early"));
+            }
+            return Ok(());
+        }
+        if !sink.flush_if_large().await {
+            // The client went away; nothing more to do.
+            return Ok(());
         }
     }
 }

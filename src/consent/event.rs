@@ -1,0 +1,566 @@
+//! Consent events: the append-only record of who granted, withdrew, objected or opted out of
+//! what, when, through which channel and with what proof; and the two import formats (CSV and
+//! JSON lines) that produce them.
+//!
+//! This module owns the event model and its text forms. It must never touch a store or the clock
+//! beyond "now" for an import line without a timestamp: it is pure parsing and validation.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The purpose name that, on an [`EventKind::OptedOut`] event, means "every sale or sharing
+/// purpose" (CCPA "Do Not Sell or Share").
+pub const ALL_PURPOSES: &str = "*";
+
+/// What a subject did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Gave consent (optionally until `expires_at_ms`).
+    Granted,
+    /// Took a consent back (GDPR art. 7(3)); also ends a legitimate interest.
+    Withdrawn,
+    /// Objected to processing based on legitimate interest (GDPR art. 21).
+    Objected,
+    /// Opted out of sale or sharing (CCPA); with purpose `*`, of all of them.
+    OptedOut,
+}
+
+impl EventKind {
+    /// The name used in files, the database and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Granted => "granted",
+            Self::Withdrawn => "withdrawn",
+            Self::Objected => "objected",
+            Self::OptedOut => "opted_out",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A text that is not one of the four event kinds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event kind `{0}` (expected granted, withdrawn, objected or opted_out)")]
+pub struct UnknownKindError(pub String);
+
+impl FromStr for EventKind {
+    type Err = UnknownKindError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "granted" => Ok(Self::Granted),
+            "withdrawn" => Ok(Self::Withdrawn),
+            "objected" => Ok(Self::Objected),
+            "opted_out" => Ok(Self::OptedOut),
+            other => Err(UnknownKindError(other.to_owned())),
+        }
+    }
+}
+
+/// One entry of the record of consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentEvent {
+    /// The data subject's id, as the CRM names it.
+    pub subject: String,
+    /// The purpose name, or [`ALL_PURPOSES`] on an opt-out of every sale or sharing purpose.
+    pub purpose: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When it happened (unix milliseconds).
+    pub at_ms: i64,
+    /// When a grant lapses (unix milliseconds); `None`: it does not.
+    pub expires_at_ms: Option<i64>,
+    /// The channel it came through: `web_form`, `cli`, `import`, `gpc`, ...
+    pub source: Option<String>,
+    /// A reference to the proof (form submission id, signed document, ...).
+    pub proof: Option<String>,
+}
+
+/// An event that must not be recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEventError {
+    /// The subject id is empty.
+    #[error("the subject is empty")]
+    EmptySubject,
+    /// The purpose is empty.
+    #[error("the purpose is empty")]
+    EmptyPurpose,
+    /// `*` is only meaningful for an opt-out.
+    #[error("purpose `*` is only allowed on an opted_out event, not on {0}")]
+    AllPurposesNotOptOut(EventKind),
+    /// An expiry only makes sense on a grant.
+    #[error("expires_at is only allowed on a granted event, not on {0}")]
+    ExpiryNotOnGrant(EventKind),
+}
+
+impl ConsentEvent {
+    /// Checks what the store relies on: non-empty ids, `*` only on opt-outs, expiry only on
+    /// grants.
+    pub fn validate(&self) -> Result<(), InvalidEventError> {
+        if self.subject.is_empty() {
+            return Err(InvalidEventError::EmptySubject);
+        }
+        if self.purpose.is_empty() {
+            return Err(InvalidEventError::EmptyPurpose);
+        }
+        if self.purpose == ALL_PURPOSES && self.kind != EventKind::OptedOut {
+            return Err(InvalidEventError::AllPurposesNotOptOut(self.kind));
+        }
+        if self.expires_at_ms.is_some() && self.kind != EventKind::Granted {
+            return Err(InvalidEventError::ExpiryNotOnGrant(self.kind));
+        }
+        Ok(())
+    }
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    unix_ms(OffsetDateTime::now_utc())
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    // INVARIANT: OffsetDateTime spans years -9999..=9999, well inside i64 milliseconds.
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Parses an RFC 3339 timestamp into unix milliseconds.
+pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(unix_ms)
+        .map_err(|e| format!("`{text}` is not an RFC 3339 timestamp: {e}"))
+}
+
+/// Formats unix milliseconds as RFC 3339 (UTC); out of range values print as a number.
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A line of an import file that cannot be read. `line` counts from 1; for a CSV record that
+/// spans lines (a quoted newline), it is the line where the record starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct ParseError {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// What is wrong, for a person to read.
+    pub reason: String,
+}
+
+impl ParseError {
+    fn new(line: usize, reason: impl Into<String>) -> Self {
+        Self {
+            line,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The columns of the CSV format, in the order of the documented header.
+pub const CSV_HEADER: [&str; 7] = [
+    "subject",
+    "purpose",
+    "kind",
+    "at",
+    "expires_at",
+    "source",
+    "proof",
+];
+
+/// The fields shared by both formats, before conversion into a [`ConsentEvent`].
+struct Fields<'a> {
+    subject: Option<&'a str>,
+    purpose: Option<&'a str>,
+    kind: Option<&'a str>,
+    at: Option<&'a str>,
+    expires_at: Option<&'a str>,
+    source: Option<&'a str>,
+    proof: Option<&'a str>,
+}
+
+/// Empty text counts as absent.
+fn present(v: Option<&str>) -> Option<&str> {
+    v.filter(|s| !s.is_empty())
+}
+
+impl Fields<'_> {
+    /// Empty text counts as absent. `default_source` applies when no source is given.
+    fn into_event(
+        self,
+        line: usize,
+        now_ms: i64,
+        default_source: Option<&str>,
+    ) -> Result<ConsentEvent, ParseError> {
+        let subject =
+            present(self.subject).ok_or_else(|| ParseError::new(line, "`subject` is missing"))?;
+        let purpose =
+            present(self.purpose).ok_or_else(|| ParseError::new(line, "`purpose` is missing"))?;
+        let kind = present(self.kind)
+            .ok_or_else(|| ParseError::new(line, "`kind` is missing"))?
+            .parse::<EventKind>()
+            .map_err(|e| ParseError::new(line, e.to_string()))?;
+        let at_ms = match present(self.at) {
+            Some(t) => {
+                parse_rfc3339_ms(t).map_err(|e| ParseError::new(line, format!("at: {e}")))?
+            }
+            None => now_ms,
+        };
+        let expires_at_ms = present(self.expires_at)
+            .map(parse_rfc3339_ms)
+            .transpose()
+            .map_err(|e| ParseError::new(line, format!("expires_at: {e}")))?;
+        let event = ConsentEvent {
+            subject: subject.to_owned(),
+            purpose: purpose.to_owned(),
+            kind,
+            at_ms,
+            expires_at_ms,
+            source: present(self.source).or(default_source).map(str::to_owned),
+            proof: present(self.proof).map(str::to_owned),
+        };
+        event
+            .validate()
+            .map_err(|e| ParseError::new(line, e.to_string()))?;
+        Ok(event)
+    }
+}
+
+/// Parses a CSV import: a header line naming the columns of [`CSV_HEADER`] (in any order;
+/// `subject`, `purpose` and `kind` are required), then one event per record. Fields may be
+/// quoted (`"a, ""b"""`); quoted fields may span lines. Empty `at` means `now_ms`. Blank lines
+/// are skipped. Any bad record fails the whole file, naming its line.
+pub fn parse_csv(
+    text: &str,
+    now_ms: i64,
+    default_source: Option<&str>,
+) -> Result<Vec<ConsentEvent>, ParseError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut records = CsvRecords::new(text);
+    let (header_line, header) = loop {
+        match records.next_record()? {
+            None => return Err(ParseError::new(1, "the header line is missing")),
+            Some((_, fields)) if is_blank(&fields) => continue,
+            Some(r) => break r,
+        }
+    };
+    // Column index of each known field.
+    let mut columns: [Option<usize>; 7] = [None; 7];
+    for (i, name) in header.iter().enumerate() {
+        let name = name.trim();
+        let Some(k) = CSV_HEADER.iter().position(|h| *h == name) else {
+            return Err(ParseError::new(
+                header_line,
+                format!(
+                    "unknown column `{name}` in the header (expected {})",
+                    CSV_HEADER.join(",")
+                ),
+            ));
+        };
+        let slot = columns
+            .get_mut(k)
+            .ok_or_else(|| ParseError::new(header_line, "bad header"))?;
+        if slot.is_some() {
+            return Err(ParseError::new(
+                header_line,
+                format!("column `{name}` appears twice in the header"),
+            ));
+        }
+        *slot = Some(i);
+    }
+    for required in ["subject", "purpose", "kind"] {
+        let k = CSV_HEADER.iter().position(|h| *h == required);
+        if k.and_then(|k| columns.get(k).copied().flatten()).is_none() {
+            return Err(ParseError::new(
+                header_line,
+                format!("the header has no `{required}` column"),
+            ));
+        }
+    }
+    let mut events = Vec::new();
+    while let Some((line, fields)) = records.next_record()? {
+        if is_blank(&fields) {
+            continue;
+        }
+        if fields.len() != header.len() {
+            return Err(ParseError::new(
+                line,
+                format!(
+                    "{} fields where the header has {}",
+                    fields.len(),
+                    header.len()
+                ),
+            ));
+        }
+        let get = |k: usize| {
+            columns
+                .get(k)
+                .copied()
+                .flatten()
+                .and_then(|i| fields.get(i))
+                .map(String::as_str)
+        };
+        let f = Fields {
+            subject: get(0),
+            purpose: get(1),
+            kind: get(2),
+            at: get(3),
+            expires_at: get(4),
+            source: get(5),
+            proof: get(6),
+        };
+        events.push(f.into_event(line, now_ms, default_source)?);
+    }
+    Ok(events)
+}
+
+fn is_blank(fields: &[String]) -> bool {
+    matches!(fields, [only] if only.trim().is_empty())
+}
+
+/// A small RFC 4180 reader: `,` separates, `"` quotes, `""` inside quotes is a quote, CRLF or
+/// LF ends a record outside quotes.
+struct CsvRecords<'a> {
+    chars: std::iter::Peekable<std::str::Chars<'a>>,
+    /// Line number of the next character.
+    line: usize,
+}
+
+impl<'a> CsvRecords<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            chars: text.chars().peekable(),
+            line: 1,
+        }
+    }
+
+    /// The next record and the line it starts on; `None` at the end of the text.
+    fn next_record(&mut self) -> Result<Option<(usize, Vec<String>)>, ParseError> {
+        if self.chars.peek().is_none() {
+            return Ok(None);
+        }
+        let start = self.line;
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        // Whether the current field began with a quote, and whether we are inside it.
+        let mut quoted = false;
+        let mut in_quotes = false;
+        let mut after_quote = false;
+        loop {
+            let Some(c) = self.chars.next() else {
+                if in_quotes {
+                    return Err(ParseError::new(start, "a quoted field is not closed"));
+                }
+                fields.push(field);
+                return Ok(Some((start, fields)));
+            };
+            if c == '\n' {
+                self.line += 1;
+            }
+            if in_quotes {
+                if c == '"' {
+                    if self.chars.peek() == Some(&'"') {
+                        self.chars.next();
+                        field.push('"');
+                    } else {
+                        in_quotes = false;
+                        after_quote = true;
+                    }
+                } else {
+                    field.push(c);
+                }
+                continue;
+            }
+            match c {
+                ',' => {
+                    fields.push(std::mem::take(&mut field));
+                    quoted = false;
+                    after_quote = false;
+                }
+                '\r' if self.chars.peek() == Some(&'\n') => {}
+                '\n' => {
+                    fields.push(field);
+                    return Ok(Some((start, fields)));
+                }
+                '"' if !quoted && field.is_empty() => {
+                    quoted = true;
+                    in_quotes = true;
+                }
+                _ if after_quote => {
+                    return Err(ParseError::new(
+                        self.line,
+                        "text after the closing quote of a field",
+                    ));
+                }
+                '"' => {
+                    return Err(ParseError::new(
+                        self.line,
+                        "a quote inside an unquoted field (quote the whole field and double it)",
+                    ));
+                }
+                _ => field.push(c),
+            }
+        }
+    }
+}
+
+/// One line of the JSON lines format.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonLine {
+    subject: String,
+    purpose: String,
+    kind: String,
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    proof: Option<String>,
+}
+
+/// Parses JSON lines: one object per line with the CSV column names as keys (`at` optional:
+/// `now_ms`). Blank lines are skipped. Any bad line fails the whole file, naming its line.
+pub fn parse_json_lines(
+    text: &str,
+    now_ms: i64,
+    default_source: Option<&str>,
+) -> Result<Vec<ConsentEvent>, ParseError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut events = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let j: JsonLine =
+            serde_json::from_str(raw).map_err(|e| ParseError::new(line, e.to_string()))?;
+        let f = Fields {
+            subject: Some(&j.subject),
+            purpose: Some(&j.purpose),
+            kind: Some(&j.kind),
+            at: j.at.as_deref(),
+            expires_at: j.expires_at.as_deref(),
+            source: j.source.as_deref(),
+            proof: j.proof.as_deref(),
+        };
+        events.push(f.into_event(line, now_ms, default_source)?);
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in [
+            EventKind::Granted,
+            EventKind::Withdrawn,
+            EventKind::Objected,
+            EventKind::OptedOut,
+        ] {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
+        }
+        assert!("opted-out".parse::<EventKind>().is_err());
+    }
+
+    #[test]
+    fn csv_with_quotes_commas_and_newlines() {
+        let text = "subject,purpose,kind,at,expires_at,source,proof\r\n\
+                    42,marketing,granted,2024-01-02T03:04:05Z,2025-01-01T00:00:00Z,web_form,\"form 7, \"\"v2\"\"\"\r\n\
+                    \r\n\
+                    \"a,b\",*,opted_out,,,,\"multi\nline\"\n";
+        let events = parse_csv(text, NOW, Some("import")).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].subject, "42");
+        assert_eq!(events[0].at_ms, 1_704_164_645_000);
+        assert_eq!(events[0].expires_at_ms, Some(1_735_689_600_000));
+        assert_eq!(events[0].source.as_deref(), Some("web_form"));
+        assert_eq!(events[0].proof.as_deref(), Some("form 7, \"v2\""));
+        assert_eq!(events[1].subject, "a,b");
+        assert_eq!(events[1].kind, EventKind::OptedOut);
+        assert_eq!(events[1].at_ms, NOW);
+        assert_eq!(events[1].source.as_deref(), Some("import"));
+        assert_eq!(events[1].proof.as_deref(), Some("multi\nline"));
+    }
+
+    #[test]
+    fn csv_errors_name_the_line() {
+        let cases = [
+            ("", 1, "header"),
+            ("subject,purpose,kind,colour\n", 1, "unknown column"),
+            ("subject,purpose\n", 1, "no `kind`"),
+            (
+                "subject,purpose,kind\n1,m,granted\n2,m,maybe\n",
+                3,
+                "unknown event kind",
+            ),
+            ("subject,purpose,kind\n1,m\n", 2, "2 fields"),
+            (
+                "subject,purpose,kind,at\n1,m,granted,yesterday\n",
+                2,
+                "RFC 3339",
+            ),
+            (
+                "subject,purpose,kind\n1,m,granted\n\"2,m,granted\n",
+                3,
+                "not closed",
+            ),
+            ("subject,purpose,kind\n1,m,gra\"nted\n", 2, "quote"),
+            ("subject,purpose,kind\n1,*,granted\n", 2, "`*`"),
+            ("subject,purpose,kind\n,m,granted\n", 2, "subject"),
+        ];
+        for (text, line, needle) in cases {
+            let err = parse_csv(text, NOW, None).unwrap_err();
+            assert_eq!(err.line, line, "{text:?}: {err}");
+            assert!(err.reason.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn json_lines() {
+        let text = "{\"subject\":\"1\",\"purpose\":\"ads\",\"kind\":\"granted\",\"expires_at\":\"2030-01-01T00:00:00Z\",\"proof\":\"p1\"}\n\
+                    \n\
+                    {\"subject\":\"2\",\"purpose\":\"*\",\"kind\":\"opted_out\",\"at\":\"2024-01-01T00:00:00+01:00\",\"source\":\"gpc\"}\n";
+        let events = parse_json_lines(text, NOW, Some("import")).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].at_ms, NOW);
+        assert_eq!(events[0].source.as_deref(), Some("import"));
+        assert_eq!(events[0].proof.as_deref(), Some("p1"));
+        assert_eq!(events[1].at_ms, 1_704_063_600_000);
+        assert_eq!(events[1].source.as_deref(), Some("gpc"));
+    }
+
+    #[test]
+    fn json_lines_errors_name_the_line() {
+        let text = "{\"subject\":\"1\",\"purpose\":\"ads\",\"kind\":\"granted\"}\n\
+                    {\"subject\":\"1\",\"purpose\":\"ads\",\"kind\":\"granted\",\"extra\":1}\n";
+        assert_eq!(parse_json_lines(text, NOW, None).unwrap_err().line, 2);
+        let text = "\n\n{\"subject\":\"1\",\"purpose\":\"ads\",\"kind\":\"withdrawn\",\"expires_at\":\"2030-01-01T00:00:00Z\"}\n";
+        let err = parse_json_lines(text, NOW, None).unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.reason.contains("expires_at"));
+    }
+
+    #[test]
+    fn rfc3339_round_trip() {
+        let ms = parse_rfc3339_ms("2024-01-02T03:04:05.123Z").unwrap();
+        assert_eq!(format_rfc3339_ms(ms), "2024-01-02T03:04:05.123Z");
+    }
+}

@@ -1,0 +1,398 @@
+//! The embedded consent store: one SQLite file (bundled SQLite, WAL) in the data directory.
+//!
+//! It owns the schema (an append-only `consent_events` table, guarded by triggers), the
+//! batched "latest event per subject and purpose" query, and a watcher that notices writes by
+//! other processes (the CLI, another gateway) through `PRAGMA data_version`.
+//!
+//! It must never update or delete an event (erasure will be its own, explicit operation), and
+//! never decide anything from what it reads.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use super::event::{ALL_PURPOSES, ConsentEvent, EventKind, now_ms};
+use super::store::{ConsentState, ConsentStore, EventOrder, LatestEvent, StoreError, StoreFuture};
+
+/// Most subjects bound in one lookup statement (SQLite allows 32,766 parameters; smaller
+/// statements keep the plan cheap and the statement cache useful).
+const LOOKUP_CHUNK: usize = 500;
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Version 1: the append-only event table, its index, and the triggers that keep it so.
+const MIGRATION_1: &str = "
+CREATE TABLE consent_events (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject        TEXT    NOT NULL CHECK (subject <> ''),
+    purpose        TEXT    NOT NULL CHECK (purpose <> ''),
+    kind           TEXT    NOT NULL CHECK (kind IN ('granted', 'withdrawn', 'objected', 'opted_out')),
+    at_ms          INTEGER NOT NULL,
+    expires_at_ms  INTEGER,
+    source         TEXT,
+    proof          TEXT,
+    recorded_at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX consent_events_subject_purpose_at ON consent_events (subject, purpose, at_ms);
+CREATE TRIGGER consent_events_no_update BEFORE UPDATE ON consent_events
+BEGIN
+    SELECT RAISE(ABORT, 'consent_events is append-only');
+END;
+CREATE TRIGGER consent_events_no_delete BEFORE DELETE ON consent_events
+BEGIN
+    SELECT RAISE(ABORT, 'consent_events is append-only');
+END;
+PRAGMA user_version = 1;
+";
+
+/// Tuning of a [`SqliteStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteStoreOptions {
+    /// How long a connection waits for another writer's lock before failing.
+    pub busy_timeout: Duration,
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// How often to ask SQLite whether another process wrote; `None`: do not watch (the store
+    /// then reports no change feed, and caches rely on their TTL).
+    pub watch_interval: Option<Duration>,
+}
+
+impl Default for SqliteStoreOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 4,
+            watch_interval: Some(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A consent store in one SQLite file.
+///
+/// Dropping it stops its change watcher.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Rows this store appended, held across each commit so that the watcher can tell our own
+    /// writes from other processes' writes.
+    own_rows: Arc<Mutex<i64>>,
+    /// The change feed and the task that drives it, when watching.
+    changes: Option<(watch::Receiver<u64>, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some((_, watcher)) = &self.changes {
+            watcher.abort();
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` with default options, migrates its
+    /// schema, and starts the change watcher. Must be called inside a tokio runtime. The parent
+    /// directory must exist.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteStoreOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`] with explicit options.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        tuning: SqliteStoreOptions,
+    ) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path.as_ref())
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed withdrawal must survive a power cut.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(tuning.busy_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(tuning.max_connections.max(1))
+            .acquire_timeout(tuning.busy_timeout)
+            .connect_with(options.clone())
+            .await?;
+        migrate(&pool).await?;
+
+        let own_rows = Arc::new(Mutex::new(0));
+        let changes = match tuning.watch_interval {
+            Some(every) => {
+                let conn = SqliteConnection::connect_with(&options).await?;
+                let (tx, rx) = watch::channel(0);
+                let own = Arc::clone(&own_rows);
+                Some((rx, tokio::spawn(watch_data_version(conn, own, tx, every))))
+            }
+            None => None,
+        };
+        Ok(Self {
+            pool,
+            own_rows,
+            changes,
+        })
+    }
+
+    async fn append_events(&self, events: &[ConsentEvent]) -> Result<(), StoreError> {
+        for (index, e) in events.iter().enumerate() {
+            e.validate()
+                .map_err(|error| StoreError::InvalidEvent { index, error })?;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let recorded_at_ms = now_ms();
+        // IMMEDIATE takes the write lock up front, so the busy timeout applies to it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for e in events {
+            sqlx::query(
+                "INSERT INTO consent_events \
+                 (subject, purpose, kind, at_ms, expires_at_ms, source, proof, recorded_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(e.subject.as_str())
+            .bind(e.purpose.as_str())
+            .bind(e.kind.as_str())
+            .bind(e.at_ms)
+            .bind(e.expires_at_ms)
+            .bind(e.source.as_deref())
+            .bind(e.proof.as_deref())
+            .bind(recorded_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // INVARIANT: the counter moves with the commit, under the lock the watcher takes.
+        let mut own = self.own_rows.lock().await;
+        tx.commit().await?;
+        *own += i64::try_from(events.len()).unwrap_or(i64::MAX);
+        Ok(())
+    }
+
+    async fn lookup_states(
+        &self,
+        purpose: &str,
+        subjects: &[&str],
+    ) -> Result<Vec<ConsentState>, StoreError> {
+        let mut found: HashMap<String, ConsentState> = HashMap::with_capacity(subjects.len());
+        for chunk in subjects.chunks(LOOKUP_CHUNK) {
+            let mut query = sqlx::query(AssertSqlSafe(lookup_sql(chunk.len()))).bind(purpose);
+            for s in chunk {
+                query = query.bind(*s);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let subject: String = row.try_get("subject")?;
+                let row_purpose: String = row.try_get("purpose")?;
+                let latest = latest_event(&row)?;
+                let state = found.entry(subject).or_default();
+                if row_purpose == purpose {
+                    state.latest = Some(latest);
+                }
+                if row_purpose == ALL_PURPOSES && latest.kind == EventKind::OptedOut {
+                    state.opted_out_all = Some(latest.order);
+                }
+            }
+        }
+        Ok(subjects
+            .iter()
+            .map(|s| found.get(*s).copied().unwrap_or_default())
+            .collect())
+    }
+
+    async fn subject_history(&self, subject: &str) -> Result<Vec<ConsentEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subject, purpose, kind, at_ms, expires_at_ms, source, proof \
+             FROM consent_events WHERE subject = ? ORDER BY at_ms, id",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ConsentEvent {
+                    subject: row.try_get("subject")?,
+                    purpose: row.try_get("purpose")?,
+                    kind: parse_kind(row)?,
+                    at_ms: row.try_get("at_ms")?,
+                    expires_at_ms: row.try_get("expires_at_ms")?,
+                    source: row.try_get("source")?,
+                    proof: row.try_get("proof")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The connection pool, for tests that need to starve or inspect it.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes the connection pool after pending queries finish; later calls fail. The
+    /// watcher stops when the store is dropped.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl ConsentStore for SqliteStore {
+    fn append<'a>(&'a self, events: &'a [ConsentEvent]) -> StoreFuture<'a, ()> {
+        Box::pin(self.append_events(events))
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        purpose: &'a str,
+        subjects: &'a [&'a str],
+    ) -> StoreFuture<'a, Vec<ConsentState>> {
+        Box::pin(self.lookup_states(purpose, subjects))
+    }
+
+    fn history<'a>(&'a self, subject: &'a str) -> StoreFuture<'a, Vec<ConsentEvent>> {
+        Box::pin(self.subject_history(subject))
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        self.changes.as_ref().map(|(rx, _)| rx.clone())
+    }
+}
+
+/// Applies the embedded migrations in one write transaction, so that two processes opening a
+/// new file at once do not both create the table.
+async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *tx)
+        .await?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < 1 {
+        sqlx::raw_sql(MIGRATION_1).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The latest event per (subject, purpose) for one purpose and the `*` opt-outs, for `n`
+/// subjects (`?1` is the purpose, then the subjects). Ties of `at_ms` go to the later row.
+fn lookup_sql(n: usize) -> String {
+    let mut sql = String::from(
+        "SELECT subject, purpose, kind, at_ms, expires_at_ms, id FROM ( \
+           SELECT subject, purpose, kind, at_ms, expires_at_ms, id, \
+                  row_number() OVER (PARTITION BY subject, purpose ORDER BY at_ms DESC, id DESC) AS rn \
+           FROM consent_events \
+           WHERE purpose IN (?1, '*') AND (purpose <> '*' OR kind = 'opted_out') \
+             AND subject IN (",
+    );
+    for i in 0..n {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!("?{}", i + 2));
+    }
+    sql.push_str(")) WHERE rn = 1");
+    sql
+}
+
+fn parse_kind(row: &SqliteRow) -> Result<EventKind, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    kind.parse()
+        .map_err(|e: super::event::UnknownKindError| StoreError::Corrupt(e.to_string()))
+}
+
+fn latest_event(row: &SqliteRow) -> Result<LatestEvent, StoreError> {
+    Ok(LatestEvent {
+        kind: parse_kind(row)?,
+        order: EventOrder {
+            at_ms: row.try_get("at_ms")?,
+            seq: row.try_get("id")?,
+        },
+        expires_at_ms: row.try_get("expires_at_ms")?,
+    })
+}
+
+/// Polls `PRAGMA data_version` on a dedicated connection and bumps `changes` when a write
+/// happened that this store did not make. SQLite changes the value for commits by any other
+/// connection, our own pool included; those are told apart by comparing how many rows appeared
+/// with how many this store appended, both read under the commit lock. On an error it bumps
+/// too: a watcher that cannot see must make caches forget rather than let them go stale.
+async fn watch_data_version(
+    mut conn: SqliteConnection,
+    own_rows: Arc<Mutex<i64>>,
+    changes: watch::Sender<u64>,
+    every: Duration,
+) {
+    let bump = || changes.send_modify(|v| *v = v.wrapping_add(1));
+    let mut version = data_version(&mut conn).await.ok();
+    let mut seen = rows_and_own(&mut conn, &own_rows).await.ok();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = match data_version(&mut conn).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "consent store change watcher failed: flushing caches");
+                version = None;
+                bump();
+                continue;
+            }
+        };
+        if version == Some(now) {
+            continue;
+        }
+        version = Some(now);
+        match rows_and_own(&mut conn, &own_rows).await {
+            Ok((rows, own)) => {
+                let external = match seen {
+                    Some((seen_rows, seen_own)) => (rows - seen_rows) - (own - seen_own),
+                    None => 1,
+                };
+                seen = Some((rows, own));
+                if external != 0 {
+                    bump();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consent store change watcher failed: flushing caches");
+                seen = None;
+                bump();
+            }
+        }
+    }
+}
+
+async fn data_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(conn)
+        .await
+}
+
+/// The highest row id and this store's appended row count, read together under the commit
+/// lock. Ids come from AUTOINCREMENT and rows are never deleted, so the highest id counts the
+/// rows (a gap would only cause an extra flush).
+async fn rows_and_own(
+    conn: &mut SqliteConnection,
+    own_rows: &Mutex<i64>,
+) -> Result<(i64, i64), sqlx::Error> {
+    let own = own_rows.lock().await;
+    let rows: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM consent_events")
+        .fetch_one(conn)
+        .await?;
+    Ok((rows, *own))
+}

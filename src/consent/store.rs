@@ -1,0 +1,106 @@
+//! The consent store interface: append events, look up the state that decisions need, read a
+//! subject's history, and hear about writes made elsewhere.
+//!
+//! This module owns the trait and the state it returns. It must never decide: turning a
+//! [`ConsentState`] into a decision is `decide.rs`'s job, and caching is `cache.rs`'s.
+//!
+//! # Why boxed futures
+//!
+//! The gateway holds its store as `Arc<dyn ConsentStore>` (SQLite now, PostgreSQL and an HTTP
+//! adapter later, chosen at start-up). `async fn` in traits is not object safe, so each method
+//! returns a [`StoreFuture`] (`Pin<Box<dyn Future + Send>>`). One allocation per call is
+//! negligible next to a database round trip, and cache hits never reach the store.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::watch;
+
+use super::event::{ConsentEvent, EventKind, InvalidEventError};
+
+/// The future every store method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Where an event stands in a store's history: by time, then by insertion order, so that two
+/// events with the same timestamp still have a strict order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventOrder {
+    /// When the event happened (unix milliseconds).
+    pub at_ms: i64,
+    /// The store's insertion sequence (the row id); breaks ties of `at_ms`.
+    pub seq: i64,
+}
+
+/// The latest event for one (subject, purpose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatestEvent {
+    /// What the subject last did for this purpose.
+    pub kind: EventKind,
+    /// Its place in the history.
+    pub order: EventOrder,
+    /// When a grant lapses; `None` for no expiry (or for other kinds).
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Everything a decision for one (subject, purpose) needs, and nothing more.
+///
+/// Only the latest event for the purpose matters: a decision never needs older grants, because
+/// whenever the latest event is not a grant the purpose is refused anyway (withdrawn, objected,
+/// opted out). The one cross-purpose fact is the latest `*` opt-out, which a later grant for this
+/// purpose overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsentState {
+    /// The latest event for (subject, purpose); `None`: the subject never said anything about it.
+    pub latest: Option<LatestEvent>,
+    /// The latest `opted_out` event with purpose `*` for the subject, if any.
+    pub opted_out_all: Option<EventOrder>,
+}
+
+/// A store that could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or refused (I/O, lock timeout, constraint, trigger).
+    #[error("consent database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// An event to append is invalid; nothing was written.
+    #[error("event {index} is invalid: {error}")]
+    InvalidEvent {
+        /// Index of the event in the batch.
+        index: usize,
+        /// What is wrong with it.
+        error: InvalidEventError,
+    },
+    /// The store holds a row this code cannot read (an unknown kind, say).
+    #[error("the consent store holds an unreadable row: {0}")]
+    Corrupt(String),
+    /// The store's location could not be prepared.
+    #[error("cannot prepare the consent store at {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A consent store. Implementations must be usable as `Arc<dyn ConsentStore>`.
+pub trait ConsentStore: Send + Sync {
+    /// Appends the events in one transaction: all are recorded, or none.
+    fn append<'a>(&'a self, events: &'a [ConsentEvent]) -> StoreFuture<'a, ()>;
+
+    /// The state of each subject for `purpose`, in the order of `subjects` (a repeated subject
+    /// gets a copy). Answered in one round trip per batch of subjects.
+    fn lookup<'a>(
+        &'a self,
+        purpose: &'a str,
+        subjects: &'a [&'a str],
+    ) -> StoreFuture<'a, Vec<ConsentState>>;
+
+    /// Every event of a subject, oldest first (by time, then insertion order).
+    fn history<'a>(&'a self, subject: &'a str) -> StoreFuture<'a, Vec<ConsentEvent>>;
+
+    /// A feed whose value changes whenever another process (or replica) may have written: the
+    /// receiver must then drop any cached state. `None`: the store cannot tell, so caches rely
+    /// on their TTL alone.
+    fn changes(&self) -> Option<watch::Receiver<u64>>;
+}
