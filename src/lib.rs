@@ -9,4 +9,5 @@
 //! - [`consent`]: consent stores (SQLite embedded), the cache in front of them, lawful-basis
 //!   decisions.
 
+pub mod cli;
 pub mod policy;
