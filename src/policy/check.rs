@@ -90,14 +90,24 @@ pub fn parse_path(
             let (col, reason) = describe_jsonpath_error(&e.to_string());
             let mut err = src.error_at(
                 &at.referenced,
-                PolicyErrorKind::InvalidJsonPath { path: text.to_string(), reason },
+                PolicyErrorKind::InvalidJsonPath {
+                    path: text.to_string(),
+                    reason,
+                },
             );
             if let Some(col) = col {
                 // Point at the offending character: the error's column counts from the start of
                 // the expression, which starts one character later when quoted.
-                let quoted = src.text.get(err.span.start..).is_some_and(|s| s.starts_with(['"', '\'']));
+                let quoted = src
+                    .text
+                    .get(err.span.start..)
+                    .is_some_and(|s| s.starts_with(['"', '\'']));
                 let shift = col.saturating_sub(1) + usize::from(quoted);
-                let byte_shift: usize = text.chars().take(col.saturating_sub(1)).map(char::len_utf8).sum::<usize>()
+                let byte_shift: usize = text
+                    .chars()
+                    .take(col.saturating_sub(1))
+                    .map(char::len_utf8)
+                    .sum::<usize>()
                     + usize::from(quoted);
                 err.col += shift;
                 err.span = err.span.start + byte_shift..err.span.start + byte_shift + 1;
@@ -111,7 +121,10 @@ pub fn parse_path(
             diags.at(
                 src,
                 at,
-                PolicyErrorKind::UnstreamableJsonPath { path: text.to_string(), feature },
+                PolicyErrorKind::UnstreamableJsonPath {
+                    path: text.to_string(),
+                    feature,
+                },
             );
             return None;
         }
@@ -225,7 +238,10 @@ fn scan_path(text: &str) -> Option<Vec<Step>> {
 }
 
 fn skip_ws(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
-    while chars.peek().is_some_and(|c| matches!(c, ' ' | '\t' | '\n' | '\r')) {
+    while chars
+        .peek()
+        .is_some_and(|c| matches!(c, ' ' | '\t' | '\n' | '\r'))
+    {
         chars.next();
     }
 }
@@ -283,7 +299,10 @@ pub fn parse_template(text: &str) -> Result<PathTemplate, String> {
             }
         }
     }
-    Ok(PathTemplate { source: text.into(), segments })
+    Ok(PathTemplate {
+        source: text.into(),
+        segments,
+    })
 }
 
 /// The shape of a template for comparisons: literals as is, parameters as `{}`.
@@ -321,7 +340,14 @@ pub fn parse_method(
     } else {
         suggest(&upper, METHODS.iter().copied())
     };
-    diags.at(src, at, PolicyErrorKind::InvalidMethod { method: at.value.clone(), suggestion });
+    diags.at(
+        src,
+        at,
+        PolicyErrorKind::InvalidMethod {
+            method: at.value.clone(),
+            suggestion,
+        },
+    );
     None
 }
 
@@ -361,7 +387,13 @@ pub fn load_secret(
             if hex.len() == 64 && hex::decode_to_slice(hex, &mut out).is_ok() {
                 Some(Secret::Hash(out))
             } else {
-                diags.at(src, hex_at, PolicyErrorKind::InvalidSha256 { value: hex.to_string() });
+                diags.at(
+                    src,
+                    hex_at,
+                    PolicyErrorKind::InvalidSha256 {
+                        value: hex.to_string(),
+                    },
+                );
                 None
             }
         }
@@ -397,7 +429,11 @@ pub fn load_secret(
             };
             match std::fs::read(&path) {
                 Err(e) => {
-                    diags.at(src, file, missing(format!("cannot be read: {}", e.to_string().to_lowercase())));
+                    diags.at(
+                        src,
+                        file,
+                        missing(format!("cannot be read: {}", e.to_string().to_lowercase())),
+                    );
                     None
                 }
                 Ok(mut bytes) => {
@@ -552,7 +588,9 @@ impl Taxonomy {
 /// Whether `category` is `parent` or below it.
 pub fn is_under(category: &str, parent: &str) -> bool {
     category == parent
-        || category.strip_prefix(parent).is_some_and(|rest| rest.starts_with('.'))
+        || category
+            .strip_prefix(parent)
+            .is_some_and(|rest| rest.starts_with('.'))
 }
 
 #[cfg(test)]
@@ -570,7 +608,10 @@ mod tests {
                 Step::Members
             ])
         );
-        assert_eq!(path_key(&scan_path("$['a'].b").unwrap_or_default()), "$.a.b");
+        assert_eq!(
+            path_key(&scan_path("$['a'].b").unwrap_or_default()),
+            "$.a.b"
+        );
         assert_eq!(scan_path("$"), Some(vec![]));
     }
 

@@ -11,17 +11,17 @@ use std::sync::Arc;
 use serde_saphyr::Spanned;
 
 use super::check::{
-    Diagnostics, Step, Taxonomy, is_under, load_secret, parse_method, parse_path,
-    parse_template, path_key, template_shape,
+    Diagnostics, Step, Taxonomy, is_under, load_secret, parse_method, parse_path, parse_template,
+    path_key, template_shape,
 };
 use super::compiled::{
-    Caller, CompiledPolicy, LawfulBasis, ObjectPlan, Passthrough, PathTemplate, Purpose,
-    PurposeId, RecordsAt, Route, Segment, SubjectAt, Transform, ValuePlan, View, WithoutBasis,
+    Caller, CompiledPolicy, LawfulBasis, ObjectPlan, Passthrough, PathTemplate, Purpose, PurposeId,
+    RecordsAt, Route, Segment, SubjectAt, Transform, ValuePlan, View, WithoutBasis,
 };
 use super::diagnostic::{PolicyError, PolicyErrorKind, at, suggest};
 use super::raw::{
-    RawBasis, RawCaller, RawObject, RawPassthrough, RawPolicyFile, RawPurpose, RawRoute,
-    RawRule, RawSecret, RawWithoutBasis,
+    RawBasis, RawCaller, RawObject, RawPassthrough, RawPolicyFile, RawPurpose, RawRoute, RawRule,
+    RawSecret, RawWithoutBasis,
 };
 use super::source::SourceFile;
 
@@ -139,7 +139,10 @@ impl Node {
 
     /// The plan of this node, given what the nearest assigned ancestor says.
     fn plan(&self, inherited: Option<&Assigned>) -> ValuePlan {
-        let carved = Assigned { plan: ValuePlan::Drop, special: false };
+        let carved = Assigned {
+            plan: ValuePlan::Drop,
+            special: false,
+        };
         let mut eff = self.own.as_ref().map(|(_, a)| a).or(inherited);
         // A keep that does not say `special: true` never releases a special-category field.
         if self.special && eff.is_some_and(|a| a.plan == ValuePlan::Keep && !a.special) {
@@ -178,7 +181,10 @@ impl Node {
             return ValuePlan::Drop;
         }
         // INVARIANT: `fields` comes from a BTreeMap, so it is sorted by name for binary search.
-        ValuePlan::Object(ObjectPlan { fields, others: others.map(Box::new) })
+        ValuePlan::Object(ObjectPlan {
+            fields,
+            others: others.map(Box::new),
+        })
     }
 }
 
@@ -238,7 +244,10 @@ impl Ctx<'_> {
         self.diags.at(
             src,
             name,
-            PolicyErrorKind::UnknownPurpose { name: name.value.clone(), suggestion },
+            PolicyErrorKind::UnknownPurpose {
+                name: name.value.clone(),
+                suggestion,
+            },
         );
         None
     }
@@ -251,7 +260,10 @@ impl Ctx<'_> {
         self.diags.at(
             src,
             name,
-            PolicyErrorKind::UnknownCategory { name: name.value.clone(), suggestion },
+            PolicyErrorKind::UnknownCategory {
+                name: name.value.clone(),
+                suggestion,
+            },
         );
         false
     }
@@ -264,20 +276,28 @@ pub(crate) fn compile(
     revision: String,
     mut diags: Diagnostics,
 ) -> Result<CompiledPolicy, Vec<PolicyError>> {
-    let parsed: Vec<(&SourceFile, &RawPolicyFile)> =
-        files.iter().filter_map(|(s, r)| r.as_ref().map(|r| (s, r))).collect();
+    let parsed: Vec<(&SourceFile, &RawPolicyFile)> = files
+        .iter()
+        .filter_map(|(s, r)| r.as_ref().map(|r| (s, r)))
+        .collect();
 
     // Purposes, interned in the order they are defined.
     let purposes_def: Vec<Def<'_, RawPurpose>> = unique(
         "purpose",
-        parsed.iter().flat_map(|(s, r)| r.purposes.0.iter().map(move |(k, v)| (*s, k, v))),
+        parsed
+            .iter()
+            .flat_map(|(s, r)| r.purposes.0.iter().map(move |(k, v)| (*s, k, v))),
         &mut diags,
     );
     let mut purposes = Vec::new();
     let mut purpose_ids = HashMap::new();
     let mut purpose_names = Vec::new();
     for d in &purposes_def {
-        let RawPurpose { basis, description: _, sale_or_sharing } = d.value;
+        let RawPurpose {
+            basis,
+            description: _,
+            sale_or_sharing,
+        } = d.value;
         let Ok(id) = PurposeId::try_from(purposes.len()) else {
             break;
         };
@@ -339,18 +359,26 @@ pub(crate) fn compile(
             diags.at(
                 s,
                 name,
-                PolicyErrorKind::UnknownParentCategory { name: name.value.clone(), parent },
+                PolicyErrorKind::UnknownParentCategory {
+                    name: name.value.clone(),
+                    parent,
+                },
             );
         }
     }
 
     // The pseudonym key.
-    let keys: Vec<(&SourceFile, &Spanned<RawSecret>)> =
-        parsed.iter().filter_map(|(s, r)| r.pseudonym_key.as_ref().map(|k| (*s, k))).collect();
+    let keys: Vec<(&SourceFile, &Spanned<RawSecret>)> = parsed
+        .iter()
+        .filter_map(|(s, r)| r.pseudonym_key.as_ref().map(|k| (*s, k)))
+        .collect();
     let mut pseudonym_key = None;
     for (i, (s, k)) in keys.iter().enumerate() {
         if i > 0 {
-            let first = keys.first().map(|(fs, fk)| loc_text(fs, fk)).unwrap_or_default();
+            let first = keys
+                .first()
+                .map(|(fs, fk)| loc_text(fs, fk))
+                .unwrap_or_default();
             diags.at(
                 s,
                 k,
@@ -372,18 +400,28 @@ pub(crate) fn compile(
     }
     let has_pseudonym_key = !keys.is_empty();
 
-    let mut ctx =
-        Ctx { diags, purpose_ids, purpose_names, taxonomy, pseudonym_key };
+    let mut ctx = Ctx {
+        diags,
+        purpose_ids,
+        purpose_names,
+        taxonomy,
+        pseudonym_key,
+    };
 
     // Callers.
     let callers_def: Vec<Def<'_, RawCaller>> = unique(
         "caller",
-        parsed.iter().flat_map(|(s, r)| r.callers.0.iter().map(move |(k, v)| (*s, k, v))),
+        parsed
+            .iter()
+            .flat_map(|(s, r)| r.callers.0.iter().map(move |(k, v)| (*s, k, v))),
         &mut ctx.diags,
     );
     let mut callers = Vec::new();
     for d in &callers_def {
-        let RawCaller { api_key, purposes: caller_purposes } = d.value;
+        let RawCaller {
+            api_key,
+            purposes: caller_purposes,
+        } = d.value;
         let secret = load_secret(d.src, api_key, &mut ctx.diags);
         let mut ids = Vec::new();
         match caller_purposes {
@@ -399,7 +437,9 @@ pub(crate) fn compile(
             _ => ctx.diags.at(
                 d.src,
                 d.name,
-                PolicyErrorKind::CallerWithoutPurposes { caller: d.name.value.clone() },
+                PolicyErrorKind::CallerWithoutPurposes {
+                    caller: d.name.value.clone(),
+                },
             ),
         }
         if let Some(secret) = secret {
@@ -414,7 +454,9 @@ pub(crate) fn compile(
     // Objects.
     let objects_def: Vec<Def<'_, RawObject>> = unique(
         "object",
-        parsed.iter().flat_map(|(s, r)| r.objects.0.iter().map(move |(k, v)| (*s, k, v))),
+        parsed
+            .iter()
+            .flat_map(|(s, r)| r.objects.0.iter().map(move |(k, v)| (*s, k, v))),
         &mut ctx.diags,
     );
     let mut objects: HashMap<&str, CompiledObject> = HashMap::new();
@@ -425,7 +467,8 @@ pub(crate) fn compile(
     }
     if !has_pseudonym_key {
         for (s, loc) in hash_used {
-            ctx.diags.push(s.error_at(&loc, PolicyErrorKind::MissingPseudonymKey));
+            ctx.diags
+                .push(s.error_at(&loc, PolicyErrorKind::MissingPseudonymKey));
         }
     }
 
@@ -438,7 +481,9 @@ pub(crate) fn compile(
     }
     let _ = unique(
         "route",
-        routes_def.iter().map(|(s, r)| (*s, &r.value.name, &r.value)),
+        routes_def
+            .iter()
+            .map(|(s, r)| (*s, &r.value.name, &r.value)),
         &mut ctx.diags,
     );
     let object_names: Vec<&str> = objects_def.iter().map(|d| d.name.value.as_str()).collect();
@@ -475,7 +520,11 @@ pub(crate) fn compile(
     let mut passthrough = Vec::new();
     for (s, r) in &parsed {
         for p in &r.passthrough {
-            let RawPassthrough { method, methods, path } = &p.value;
+            let RawPassthrough {
+                method,
+                methods,
+                path,
+            } = &p.value;
             let methods = compile_methods(&mut ctx, s, p, method, methods);
             let template = match parse_template(&path.value) {
                 Ok(t) => t,
@@ -483,7 +532,10 @@ pub(crate) fn compile(
                     ctx.diags.at(
                         s,
                         path,
-                        PolicyErrorKind::InvalidPathTemplate { path: path.value.clone(), reason },
+                        PolicyErrorKind::InvalidPathTemplate {
+                            path: path.value.clone(),
+                            reason,
+                        },
                     );
                     continue;
                 }
@@ -491,7 +543,11 @@ pub(crate) fn compile(
             let shape = template_shape(&template);
             for m in &methods {
                 // HEAD is served as GET: a HEAD passthrough would bypass a GET route.
-                let as_route = if *m == http::Method::HEAD { http::Method::GET } else { m.clone() };
+                let as_route = if *m == http::Method::HEAD {
+                    http::Method::GET
+                } else {
+                    m.clone()
+                };
                 let hit = covered
                     .get(&(m.clone(), shape.clone()))
                     .or_else(|| covered.get(&(as_route, shape.clone())));
@@ -508,7 +564,10 @@ pub(crate) fn compile(
                 }
             }
             if !methods.is_empty() {
-                passthrough.push(Passthrough { methods, path: template });
+                passthrough.push(Passthrough {
+                    methods,
+                    path: template,
+                });
             }
         }
     }
@@ -521,7 +580,13 @@ pub(crate) fn compile(
         errors.dedup();
         return Err(errors);
     }
-    Ok(CompiledPolicy { revision, purposes, callers, routes, passthrough })
+    Ok(CompiledPolicy {
+        revision,
+        purposes,
+        callers,
+        routes,
+        passthrough,
+    })
 }
 
 /// Most specific first: at the first segment where two templates differ, a literal beats a
@@ -552,11 +617,13 @@ fn compile_methods<T>(
         (Some(m), None) => vec![m],
         (None, Some(ms)) if !ms.is_empty() => ms.iter().collect(),
         (Some(_), Some(_)) => {
-            ctx.diags.at(src, whole, PolicyErrorKind::MethodSelector { both: true });
+            ctx.diags
+                .at(src, whole, PolicyErrorKind::MethodSelector { both: true });
             return Vec::new();
         }
         _ => {
-            ctx.diags.at(src, whole, PolicyErrorKind::MethodSelector { both: false });
+            ctx.diags
+                .at(src, whole, PolicyErrorKind::MethodSelector { both: false });
             return Vec::new();
         }
     };
@@ -608,7 +675,10 @@ fn compile_route(
             ctx.diags.at(
                 src,
                 path,
-                PolicyErrorKind::InvalidPathTemplate { path: path.value.clone(), reason },
+                PolicyErrorKind::InvalidPathTemplate {
+                    path: path.value.clone(),
+                    reason,
+                },
             );
             None
         }
@@ -619,7 +689,10 @@ fn compile_route(
         ctx.diags.at(
             src,
             object,
-            PolicyErrorKind::UnknownObject { name: object.value.clone(), suggestion },
+            PolicyErrorKind::UnknownObject {
+                name: object.value.clone(),
+                suggestion,
+            },
         );
     }
     let records_at = match parse_path(src, records, &mut ctx.diags) {
@@ -631,7 +704,9 @@ fn compile_route(
                     ctx.diags.at(
                         src,
                         records,
-                        PolicyErrorKind::InvalidRecordsPath { path: records.value.clone() },
+                        PolicyErrorKind::InvalidRecordsPath {
+                            path: records.value.clone(),
+                        },
                     );
                     None
                 }
@@ -640,7 +715,9 @@ fn compile_route(
                 ctx.diags.at(
                     src,
                     records,
-                    PolicyErrorKind::InvalidRecordsPath { path: records.value.clone() },
+                    PolicyErrorKind::InvalidRecordsPath {
+                        path: records.value.clone(),
+                    },
                 );
                 None
             }
@@ -668,12 +745,28 @@ fn compile_route(
             None
         };
         if let Some(reason) = reason {
-            ctx.diags.at(src, e, PolicyErrorKind::InvalidEnvelope { path: e.value.clone(), reason });
+            ctx.diags.at(
+                src,
+                e,
+                PolicyErrorKind::InvalidEnvelope {
+                    path: e.value.clone(),
+                    reason,
+                },
+            );
             continue;
         }
-        let keep = Assigned { plan: ValuePlan::Keep, special: false };
+        let keep = Assigned {
+            plan: ValuePlan::Keep,
+            special: false,
+        };
         if !env_root.insert(&steps, Some((2, keep)), false) {
-            ctx.diags.at(src, e, PolicyErrorKind::MixedPathShape { path: e.value.clone() });
+            ctx.diags.at(
+                src,
+                e,
+                PolicyErrorKind::MixedPathShape {
+                    path: e.value.clone(),
+                },
+            );
         }
     }
     let envelope_plan = match env_root.plan(None) {
@@ -720,7 +813,13 @@ fn compile_route(
         (RecordsAt::Body, None, Some(f)) => SubjectAt::Field(f),
         (RecordsAt::List(_), None, Some(f)) => SubjectAt::Field(f),
         (RecordsAt::Body, None, None) => {
-            ctx.diags.at(src, name, PolicyErrorKind::MissingSubject { route: name.value.clone() });
+            ctx.diags.at(
+                src,
+                name,
+                PolicyErrorKind::MissingSubject {
+                    route: name.value.clone(),
+                },
+            );
             return None;
         }
         (RecordsAt::List(_), _, None) => {
@@ -780,7 +879,11 @@ fn compile_object(
     hash_used: &mut Vec<(SourceFile, serde_saphyr::Location)>,
 ) -> CompiledObject {
     let src = d.src;
-    let RawObject { subject, fields, rules } = d.value;
+    let RawObject {
+        subject,
+        fields,
+        rules,
+    } = d.value;
     let subject = subject.as_ref().and_then(|s| {
         let steps = parse_path(src, s, &mut ctx.diags)?;
         match key_path(&steps) {
@@ -812,7 +915,11 @@ fn compile_object(
             ctx.diags.at(
                 src,
                 path,
-                PolicyErrorKind::DuplicateDefinition { what: "field", name: key, first: first.clone() },
+                PolicyErrorKind::DuplicateDefinition {
+                    what: "field",
+                    name: key,
+                    first: first.clone(),
+                },
             );
             continue;
         }
@@ -826,7 +933,17 @@ fn compile_object(
     let mut np = Node::default();
     for (steps, cat) in &declared {
         if is_under(cat, "system") {
-            np.insert(steps, Some((1, Assigned { plan: ValuePlan::Keep, special: false })), false);
+            np.insert(
+                steps,
+                Some((
+                    1,
+                    Assigned {
+                        plan: ValuePlan::Keep,
+                        special: false,
+                    },
+                )),
+                false,
+            );
         }
     }
     np.spread_wildcards();
@@ -846,8 +963,7 @@ fn compile_object(
         let mut chosen: HashMap<String, (Assigned, String, String)> = HashMap::new();
         let mut category_rules: Vec<(String, Assigned)> = Vec::new();
         for rule in list.iter().flatten() {
-            let Some((selectors, assigned, action_name)) =
-                compile_rule(ctx, src, rule, hash_used)
+            let Some((selectors, assigned, action_name)) = compile_rule(ctx, src, rule, hash_used)
             else {
                 continue;
             };
@@ -871,7 +987,10 @@ fn compile_object(
                     }
                     continue;
                 }
-                chosen.insert(key, (assigned.clone(), action_name.clone(), loc_text(src, at_loc)));
+                chosen.insert(
+                    key,
+                    (assigned.clone(), action_name.clone(), loc_text(src, at_loc)),
+                );
                 let keeps_plainly = assigned.plan == ValuePlan::Keep && !assigned.special;
                 match sel {
                     Selector::Path(steps, p) => {
@@ -891,8 +1010,13 @@ fn compile_object(
                             }
                         }
                         if !root.insert(&steps, Some((2, assigned.clone())), false) {
-                            ctx.diags
-                                .at(src, &p, PolicyErrorKind::MixedPathShape { path: p.value.clone() });
+                            ctx.diags.at(
+                                src,
+                                &p,
+                                PolicyErrorKind::MixedPathShape {
+                                    path: p.value.clone(),
+                                },
+                            );
                         }
                     }
                     Selector::Category(c) => {
@@ -927,7 +1051,9 @@ fn compile_object(
             ctx.diags.at(
                 src,
                 purpose,
-                PolicyErrorKind::MixedPathShape { path: format!("the fields of `{}`", d.name.value) },
+                PolicyErrorKind::MixedPathShape {
+                    path: format!("the fields of `{}`", d.name.value),
+                },
             );
         }
         root.spread_wildcards();
@@ -935,7 +1061,11 @@ fn compile_object(
             *slot = Some(root_plan(&root));
         }
     }
-    CompiledObject { subject, plans, non_personal }
+    CompiledObject {
+        subject,
+        plans,
+        non_personal,
+    }
 }
 
 /// Checks a rule: its selectors, its action and the action's parameters.
@@ -959,11 +1089,14 @@ fn compile_rule(
         width,
         value,
     } = &rule.value;
-    let given = usize::from(path.is_some()) + usize::from(paths.is_some()) + usize::from(category.is_some());
+    let given = usize::from(path.is_some())
+        + usize::from(paths.is_some())
+        + usize::from(category.is_some());
     let mut selectors = Vec::new();
     let mut ok = true;
     if given != 1 {
-        ctx.diags.at(src, rule, PolicyErrorKind::RuleSelector { found: given });
+        ctx.diags
+            .at(src, rule, PolicyErrorKind::RuleSelector { found: given });
         ok = false;
     }
     for p in path.iter().chain(paths.iter().flatten()) {
@@ -991,7 +1124,7 @@ fn compile_rule(
         ("width", width.as_ref().map(|s| &s.referenced)),
         ("value", value.as_ref().map(|s| &s.referenced)),
     ];
-    let allowed: &[&str] = match action.value.as_str() {
+    let allowed: &[&str] = match action.value.0.as_str() {
         "keep" => &["special"],
         "drop" | "null" | "hash" => &[],
         "mask" => &["first", "last", "with"],
@@ -1000,12 +1133,23 @@ fn compile_rule(
         other => {
             let suggestion = suggest(
                 other,
-                ["keep", "drop", "null", "mask", "hash", "generalise", "constant"],
+                [
+                    "keep",
+                    "drop",
+                    "null",
+                    "mask",
+                    "hash",
+                    "generalise",
+                    "constant",
+                ],
             );
             ctx.diags.at(
                 src,
                 action,
-                PolicyErrorKind::UnknownAction { name: other.to_string(), suggestion },
+                PolicyErrorKind::UnknownAction {
+                    name: other.to_string(),
+                    suggestion,
+                },
             );
             return None;
         }
@@ -1013,13 +1157,20 @@ fn compile_rule(
     let bad = |ctx: &mut Ctx<'_>, loc: &serde_saphyr::Location, reason: String| {
         ctx.diags.push(src.error_at(
             loc,
-            PolicyErrorKind::InvalidActionParams { action: action.value.clone(), reason },
+            PolicyErrorKind::InvalidActionParams {
+                action: action.value.0.clone(),
+                reason,
+            },
         ));
     };
     for (name, loc) in params {
         if let Some(loc) = loc {
             if !allowed.contains(&name) {
-                bad(ctx, loc, format!("`{name}` does not apply to `{}`", action.value));
+                bad(
+                    ctx,
+                    loc,
+                    format!("`{name}` does not apply to `{}`", action.value.0),
+                );
                 ok = false;
             }
         }
@@ -1027,7 +1178,7 @@ fn compile_rule(
     if !ok {
         return None;
     }
-    let plan = match action.value.as_str() {
+    let plan = match action.value.0.as_str() {
         "keep" => ValuePlan::Keep,
         "drop" => ValuePlan::Drop,
         "null" => ValuePlan::Transform(Transform::Null),
@@ -1051,16 +1202,25 @@ fn compile_rule(
                 }
             }
             let n = |v: &Option<Spanned<u64>>| {
-                v.as_ref().map_or(0, |v| usize::try_from(v.value).unwrap_or(usize::MAX))
+                v.as_ref()
+                    .map_or(0, |v| usize::try_from(v.value).unwrap_or(usize::MAX))
             };
-            ValuePlan::Transform(Transform::Mask { first: n(first), last: n(last), with: ch })
+            ValuePlan::Transform(Transform::Mask {
+                first: n(first),
+                last: n(last),
+                with: ch,
+            })
         }
         "generalise" => match (to, prefix, width) {
             (Some(t), None, None) => match t.value.as_str() {
                 "year" => ValuePlan::Transform(Transform::DateToYear),
                 "month" => ValuePlan::Transform(Transform::DateToMonth),
                 other => {
-                    bad(ctx, &t.referenced, format!("`to: {other}` must be `year` or `month`"));
+                    bad(
+                        ctx,
+                        &t.referenced,
+                        format!("`to: {other}` must be `year` or `month`"),
+                    );
                     return None;
                 }
             },
@@ -1075,7 +1235,11 @@ fn compile_rule(
                 return None;
             }
             _ => {
-                bad(ctx, &action.referenced, "give exactly one of `to`, `prefix` or `width`".into());
+                bad(
+                    ctx,
+                    &action.referenced,
+                    "give exactly one of `to`, `prefix` or `width`".into(),
+                );
                 return None;
             }
         },
@@ -1088,12 +1252,20 @@ fn compile_rule(
                 }
             },
             None => {
-                bad(ctx, &action.referenced, "`value` is missing (for `null`, use action `null`)".into());
+                bad(
+                    ctx,
+                    &action.referenced,
+                    "`value` is missing (for `null`, use action `null`)".into(),
+                );
                 return None;
             }
         },
         _ => return None,
     };
     let special = special.as_ref().is_some_and(|s| s.value);
-    Some((selectors, Assigned { plan, special }, action.value.clone()))
+    Some((
+        selectors,
+        Assigned { plan, special },
+        action.value.0.clone(),
+    ))
 }

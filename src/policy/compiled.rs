@@ -198,7 +198,11 @@ pub enum Transform {
     Constant(Box<str>),
     /// Keep the first and last characters, replace the others with `with`. Numbers are masked
     /// as their text; a string no longer than `first + last` is kept whole.
-    Mask { first: usize, last: usize, with: char },
+    Mask {
+        first: usize,
+        last: usize,
+        with: char,
+    },
     /// Keyed pseudonym: hex of HMAC-SHA-256(key, text of the value).
     Hash { key: Arc<[u8]> },
     /// `YYYY-MM-DD...` to `YYYY`.

@@ -35,29 +35,58 @@ pub enum PolicyErrorKind {
     /// The YAML is not well formed or does not have the expected shape.
     Yaml { message: String },
     /// A key is not part of the language.
-    UnknownKey { key: String, suggestion: Option<String> },
+    UnknownKey {
+        key: String,
+        suggestion: Option<String>,
+    },
+    /// A value that is not one of the allowed words.
+    UnknownValue {
+        value: String,
+        expected: String,
+        suggestion: Option<String>,
+    },
     /// A key appears twice in one mapping.
     DuplicateKey { key: String },
     /// A YAML merge key (`<<`) was used.
     MergeKey,
     /// A name is defined twice (in one or in several files).
-    DuplicateDefinition { what: &'static str, name: String, first: String },
+    DuplicateDefinition {
+        what: &'static str,
+        name: String,
+        first: String,
+    },
     /// A purpose is referenced but not declared.
-    UnknownPurpose { name: String, suggestion: Option<String> },
+    UnknownPurpose {
+        name: String,
+        suggestion: Option<String>,
+    },
     /// A category is referenced but not known.
-    UnknownCategory { name: String, suggestion: Option<String> },
+    UnknownCategory {
+        name: String,
+        suggestion: Option<String>,
+    },
     /// A declared category whose parent is not known.
     UnknownParentCategory { name: String, parent: String },
     /// A route references an object that is not declared.
-    UnknownObject { name: String, suggestion: Option<String> },
+    UnknownObject {
+        name: String,
+        suggestion: Option<String>,
+    },
     /// A rule names an action that does not exist.
-    UnknownAction { name: String, suggestion: Option<String> },
+    UnknownAction {
+        name: String,
+        suggestion: Option<String>,
+    },
     /// A JSONPath that does not parse.
     InvalidJsonPath { path: String, reason: String },
     /// A JSONPath using a feature that cannot be evaluated record by record while streaming.
     UnstreamableJsonPath { path: String, feature: &'static str },
     /// A JSONPath whose shape is not allowed where it is used.
-    UnsupportedPathShape { path: String, place: &'static str, allowed: &'static str },
+    UnsupportedPathShape {
+        path: String,
+        place: &'static str,
+        allowed: &'static str,
+    },
     /// A `records` path other than `$`, `$[*]` or `$.k1.k2[*]`.
     InvalidRecordsPath { path: String },
     /// Two rules treat the same member as an object and as an array.
@@ -69,13 +98,22 @@ pub enum PolicyErrorKind {
     /// A `sha256` that is not 64 hexadecimal characters.
     InvalidSha256 { value: String },
     /// A key read from the environment or a file is missing or empty.
-    MissingSecret { source: &'static str, name: String, reason: String },
+    MissingSecret {
+        source: &'static str,
+        name: String,
+        reason: String,
+    },
     /// A pseudonym key given by its hash, which cannot be used to compute pseudonyms.
     PseudonymKeyAsHash,
     /// A special-category field or category kept without `special: true`.
     SpecialWithoutFlag { target: String, category: String },
     /// Two rules of one purpose select the same path or category with different actions.
-    ConflictingRules { selector: String, purpose: String, first_action: String, first: String },
+    ConflictingRules {
+        selector: String,
+        purpose: String,
+        first_action: String,
+        first: String,
+    },
     /// A rule with no selector, or with more than one.
     RuleSelector { found: usize },
     /// An action given parameters it does not take, or missing one it needs.
@@ -85,7 +123,11 @@ pub enum PolicyErrorKind {
     /// A path template that is not valid.
     InvalidPathTemplate { path: String, reason: String },
     /// `subject_param` that is not a parameter of the route's template.
-    UnknownSubjectParam { param: String, template: String, suggestion: Option<String> },
+    UnknownSubjectParam {
+        param: String,
+        template: String,
+        suggestion: Option<String>,
+    },
     /// A single-record route with no way to know whose record it is.
     MissingSubject { route: String },
     /// A list route whose object has no `subject` path.
@@ -93,13 +135,24 @@ pub enum PolicyErrorKind {
     /// An `envelope` that cannot be applied.
     InvalidEnvelope { path: String, reason: &'static str },
     /// An HTTP method that is not valid or not upper case.
-    InvalidMethod { method: String, suggestion: Option<String> },
+    InvalidMethod {
+        method: String,
+        suggestion: Option<String>,
+    },
     /// A route or passthrough entry without `method`/`methods`, or with both.
     MethodSelector { both: bool },
     /// Two protected routes with the same path template and a common method.
-    DuplicateRoute { method: String, path: String, first: String },
+    DuplicateRoute {
+        method: String,
+        path: String,
+        first: String,
+    },
     /// A passthrough entry on the path and method of a protected route.
-    PassthroughShadowsRoute { method: String, path: String, route: String },
+    PassthroughShadowsRoute {
+        method: String,
+        path: String,
+        route: String,
+    },
 }
 
 impl PolicyErrorKind {
@@ -110,6 +163,7 @@ impl PolicyErrorKind {
             Self::NoPolicyFiles => "no-policy-files",
             Self::Yaml { .. } => "yaml",
             Self::UnknownKey { .. } => "unknown-key",
+            Self::UnknownValue { .. } => "unknown-value",
             Self::DuplicateKey { .. } => "duplicate-key",
             Self::MergeKey => "merge-key",
             Self::DuplicateDefinition { .. } => "duplicate-definition",
@@ -152,6 +206,11 @@ impl PolicyErrorKind {
             Self::NoPolicyFiles => "no policy file (`*.yaml`) in the directory".into(),
             Self::Yaml { message } => message.clone(),
             Self::UnknownKey { key, .. } => format!("unknown key `{key}`"),
+            Self::UnknownValue {
+                value, expected, ..
+            } => {
+                format!("`{value}` is not one of {expected}")
+            }
             Self::DuplicateKey { key } => format!("key `{key}` appears twice in one mapping"),
             Self::MergeKey => "merge keys (`<<`) are not allowed".into(),
             Self::DuplicateDefinition { what, name, .. } => {
@@ -184,14 +243,22 @@ impl PolicyErrorKind {
             Self::InvalidSha256 { value } => {
                 format!("`{value}` is not a SHA-256 (64 hexadecimal characters)")
             }
-            Self::MissingSecret { source, name, reason } => {
+            Self::MissingSecret {
+                source,
+                name,
+                reason,
+            } => {
                 format!("key {source} `{name}` {reason}")
             }
             Self::PseudonymKeyAsHash => "the pseudonym key cannot be given as a hash".into(),
             Self::SpecialWithoutFlag { target, category } => {
-                format!("`{target}` keeps the special category `{category}` without `special: true`")
+                format!(
+                    "`{target}` keeps the special category `{category}` without `special: true`"
+                )
             }
-            Self::ConflictingRules { selector, purpose, .. } => {
+            Self::ConflictingRules {
+                selector, purpose, ..
+            } => {
                 format!("rules of purpose `{purpose}` conflict on `{selector}`")
             }
             Self::RuleSelector { found: 0 } => {
@@ -203,11 +270,15 @@ impl PolicyErrorKind {
             Self::InvalidActionParams { action, reason } => {
                 format!("invalid parameters for action `{action}`: {reason}")
             }
-            Self::MissingPseudonymKey => "action `hash` is used but no `pseudonym_key` is set".into(),
+            Self::MissingPseudonymKey => {
+                "action `hash` is used but no `pseudonym_key` is set".into()
+            }
             Self::InvalidPathTemplate { path, reason } => {
                 format!("path template `{path}` is invalid: {reason}")
             }
-            Self::UnknownSubjectParam { param, template, .. } => {
+            Self::UnknownSubjectParam {
+                param, template, ..
+            } => {
                 format!("`{param}` is not a parameter of `{template}`")
             }
             Self::MissingSubject { route } => {
@@ -225,7 +296,11 @@ impl PolicyErrorKind {
             Self::DuplicateRoute { method, path, .. } => {
                 format!("`{method} {path}` is covered by two routes")
             }
-            Self::PassthroughShadowsRoute { method, path, route } => {
+            Self::PassthroughShadowsRoute {
+                method,
+                path,
+                route,
+            } => {
                 format!("passthrough `{method} {path}` is the path of protected route `{route}`")
             }
         }
@@ -242,11 +317,17 @@ impl PolicyErrorKind {
         match self {
             Self::Read { .. } => "check that the path exists and is readable".into(),
             Self::NoPolicyFiles => "point to a directory holding the policy's `.yaml` files".into(),
+            Self::Yaml { message } if message.contains("anchor or alias") => {
+                "quote the value: in YAML, `*` and `&` start aliases and anchors".into()
+            }
             Self::Yaml { .. } => "fix the YAML at this place".into(),
             Self::UnknownKey { suggestion, .. } => did_you_mean(
                 suggestion,
                 "remove the key; docs/policy-language.md lists the keys of each section",
             ),
+            Self::UnknownValue { suggestion, .. } => {
+                did_you_mean(suggestion, "use one of the values listed")
+            }
             Self::DuplicateKey { .. } => "keep one of the two entries".into(),
             Self::MergeKey => "write the entries out in full".into(),
             Self::DuplicateDefinition { first, .. } => {
@@ -255,9 +336,10 @@ impl PolicyErrorKind {
             Self::UnknownPurpose { suggestion, .. } => {
                 did_you_mean(suggestion, "declare it under `purposes:`")
             }
-            Self::UnknownCategory { suggestion, .. } => {
-                did_you_mean(suggestion, "declare it under `categories:` or use a built-in one")
-            }
+            Self::UnknownCategory { suggestion, .. } => did_you_mean(
+                suggestion,
+                "declare it under `categories:` or use a built-in one",
+            ),
             Self::UnknownParentCategory { .. } => {
                 "declare the parent under `categories:` first, or extend a built-in category".into()
             }
@@ -302,12 +384,14 @@ impl PolicyErrorKind {
             Self::SpecialWithoutFlag { .. } => {
                 "add `special: true` to keep it on purpose, or drop or transform it".into()
             }
-            Self::ConflictingRules { first_action, first, .. } => {
+            Self::ConflictingRules {
+                first_action,
+                first,
+                ..
+            } => {
                 format!("the other rule (`{first_action}`) is at {first}; keep one of them")
             }
-            Self::RuleSelector { .. } => {
-                "give exactly one of `path`, `paths` or `category`".into()
-            }
+            Self::RuleSelector { .. } => "give exactly one of `path`, `paths` or `category`".into(),
             Self::InvalidActionParams { action, .. } => match action.as_str() {
                 "mask" => "`mask` takes `first`, `last` and `with` (one character)".into(),
                 "generalise" => {
@@ -373,7 +457,13 @@ impl PolicyError {
             let _ = writeln!(out, "   = help: {}", self.kind.help());
             return out;
         }
-        let _ = writeln!(out, "  --> {}:{}:{}", self.file.display(), self.line, self.col);
+        let _ = writeln!(
+            out,
+            "  --> {}:{}:{}",
+            self.file.display(),
+            self.line,
+            self.col
+        );
         let num = self.line.to_string();
         let pad = " ".repeat(num.len());
         let line = self.source_line.trim_end_matches(['\r', '\n']);

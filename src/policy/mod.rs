@@ -44,7 +44,9 @@ pub fn load_dir(dir: &Path) -> Result<CompiledPolicy, PolicyErrors> {
             }
             Err(e) => errors.push(file_error(
                 &path,
-                PolicyErrorKind::Read { reason: e.to_string().to_lowercase() },
+                PolicyErrorKind::Read {
+                    reason: e.to_string().to_lowercase(),
+                },
             )),
         }
     }
@@ -87,8 +89,9 @@ fn compile_with(
 
 /// Hex SHA-256 over the (path, contents) pairs sorted by path, each length-prefixed.
 fn revision<'a, P: AsRef<Path> + 'a>(files: impl Iterator<Item = (P, &'a str)>) -> String {
-    let mut list: Vec<(String, &str)> =
-        files.map(|(p, t)| (p.as_ref().to_string_lossy().replace('\\', "/"), t)).collect();
+    let mut list: Vec<(String, &str)> = files
+        .map(|(p, t)| (p.as_ref().to_string_lossy().replace('\\', "/"), t))
+        .collect();
     list.sort();
     let mut h = Sha256::new();
     for (p, t) in list {

@@ -199,7 +199,7 @@ pub struct RawRule {
     /// A category.
     pub category: Option<Spanned<String>>,
     /// The action's name.
-    pub action: Spanned<String>,
+    pub action: Spanned<RawActionName>,
     /// `keep`: release a special category.
     pub special: Option<Spanned<bool>>,
     /// `mask`: characters kept at the start.
@@ -216,6 +216,35 @@ pub struct RawRule {
     pub width: Option<Spanned<u64>>,
     /// `constant`: the value.
     pub value: Option<Spanned<serde_json::Value>>,
+}
+
+/// An action's name. The action `null` is written as a YAML null, so a null reads as `"null"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawActionName(pub String);
+
+impl<'de> Deserialize<'de> for RawActionName {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl Visitor<'_> for NameVisitor {
+            type Value = RawActionName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an action name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawActionName(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(RawActionName("null".into()))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(RawActionName("null".into()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawActionName(v.to_string()))
+            }
+        }
+        d.deserialize_any(NameVisitor)
+    }
 }
 
 /// What to do without a lawful basis, as written.

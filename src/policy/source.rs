@@ -28,16 +28,31 @@ impl SourceFile {
     pub fn new(path: PathBuf, text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Self { path, text: Arc::from(text), line_starts }
+        Self {
+            path,
+            text: Arc::from(text),
+            line_starts,
+        }
     }
 
     /// The text of a 1-based line, without its line break; empty when out of range.
     pub fn line_text(&self, line: usize) -> &str {
-        let Some(start) = line.checked_sub(1).and_then(|i| self.line_starts.get(i)).copied() else {
+        let Some(start) = line
+            .checked_sub(1)
+            .and_then(|i| self.line_starts.get(i))
+            .copied()
+        else {
             return "";
         };
-        let end = self.line_starts.get(line).copied().unwrap_or(self.text.len());
-        self.text.get(start..end).unwrap_or("").trim_end_matches(['\n', '\r'])
+        let end = self
+            .line_starts
+            .get(line)
+            .copied()
+            .unwrap_or(self.text.len());
+        self.text
+            .get(start..end)
+            .unwrap_or("")
+            .trim_end_matches(['\n', '\r'])
     }
 
     /// An error located at a YAML location of this file.
@@ -84,15 +99,30 @@ pub fn find_policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let entries = std::fs::read_dir(&d).map_err(|e| {
-            file_error(&d, PolicyErrorKind::Read { reason: e.to_string().to_lowercase() })
+            file_error(
+                &d,
+                PolicyErrorKind::Read {
+                    reason: e.to_string().to_lowercase(),
+                },
+            )
         })?;
         for entry in entries {
             let entry = entry.map_err(|e| {
-                file_error(&d, PolicyErrorKind::Read { reason: e.to_string().to_lowercase() })
+                file_error(
+                    &d,
+                    PolicyErrorKind::Read {
+                        reason: e.to_string().to_lowercase(),
+                    },
+                )
             })?;
             let path = entry.path();
             let meta = std::fs::metadata(&path).map_err(|e| {
-                file_error(&path, PolicyErrorKind::Read { reason: e.to_string().to_lowercase() })
+                file_error(
+                    &path,
+                    PolicyErrorKind::Read {
+                        reason: e.to_string().to_lowercase(),
+                    },
+                )
             })?;
             if meta.is_dir() {
                 stack.push(path);
@@ -160,13 +190,40 @@ fn classify(message: &str) -> PolicyErrorKind {
         let suggestion = suggest(&key, candidates.iter().copied());
         return PolicyErrorKind::UnknownKey { key, suggestion };
     }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let value = rest.split('`').next().unwrap_or("").to_string();
+        let list = rest.split_once("expected ").map(|(_, e)| e).unwrap_or("");
+        let candidates: Vec<&str> = list
+            .trim_start_matches("one of ")
+            .split(',')
+            .map(|s| s.trim().trim_matches('`'))
+            .filter(|s| !s.is_empty())
+            .collect();
+        let suggestion = suggest(&value, candidates.iter().copied());
+        let expected = candidates
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return PolicyErrorKind::UnknownValue {
+            value,
+            expected,
+            suggestion,
+        };
+    }
     if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split(", set DuplicateKeyPolicy").next().unwrap_or(rest).to_string();
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest)
+            .to_string();
         return PolicyErrorKind::DuplicateKey { key };
     }
     if message.to_lowercase().contains("merge") {
         return PolicyErrorKind::MergeKey;
     }
+    // The library's hints name Rust types (`use Option<String>`): not for policy authors.
+    let message = message.split("; use ").next().unwrap_or(message);
     let mut m = message.to_string();
     if let Some(c) = m.get(..1) {
         let lower = c.to_lowercase();
