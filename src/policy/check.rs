@@ -329,10 +329,10 @@ pub fn parse_method(
     at: &Spanned<String>,
     diags: &mut Diagnostics,
 ) -> Option<http::Method> {
-    if METHODS.contains(&at.value.as_str()) {
-        if let Ok(m) = http::Method::from_bytes(at.value.as_bytes()) {
-            return Some(m);
-        }
+    if METHODS.contains(&at.value.as_str())
+        && let Ok(m) = http::Method::from_bytes(at.value.as_bytes())
+    {
+        return Some(m);
     }
     let upper = at.value.to_uppercase();
     let suggestion = if METHODS.contains(&upper.as_str()) {

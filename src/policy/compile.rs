@@ -100,10 +100,10 @@ impl Node {
             };
         }
         node.special |= special;
-        if let Some((prio, a)) = assign {
-            if node.own.as_ref().is_none_or(|(p, _)| prio > *p) {
-                node.own = Some((prio, a));
-            }
+        if let Some((prio, a)) = assign
+            && node.own.as_ref().is_none_or(|(p, _)| prio > *p)
+        {
+            node.own = Some((prio, a));
         }
         self.shape_ok()
     }
@@ -172,10 +172,10 @@ impl Node {
         }
         // Members all planned like the inherited action: the node is that action, whatever
         // the value's type (only when no `.*` made `others`: that one applies to objects only).
-        if let (Some(o), None) = (&others, &self.others) {
-            if fields.iter().all(|(_, p)| p == o) {
-                return o.clone();
-            }
+        if let (Some(o), None) = (&others, &self.others)
+            && fields.iter().all(|(_, p)| p == o)
+        {
+            return o.clone();
         }
         if fields.is_empty() && others.is_none() {
             return ValuePlan::Drop;
@@ -427,10 +427,10 @@ pub(crate) fn compile(
         match caller_purposes {
             Some(list) if !list.value.is_empty() => {
                 for p in &list.value {
-                    if let Some(id) = ctx.purpose(d.src, p) {
-                        if !ids.contains(&id) {
-                            ids.push(id);
-                        }
+                    if let Some(id) = ctx.purpose(d.src, p)
+                        && !ids.contains(&id)
+                    {
+                        ids.push(id);
                     }
                 }
             }
@@ -629,10 +629,10 @@ fn compile_methods<T>(
     };
     let mut out: Vec<http::Method> = Vec::new();
     for m in list {
-        if let Some(m) = parse_method(src, m, &mut ctx.diags) {
-            if !out.contains(&m) {
-                out.push(m);
-            }
+        if let Some(m) = parse_method(src, m, &mut ctx.diags)
+            && !out.contains(&m)
+        {
+            out.push(m);
         }
     }
     out
@@ -994,20 +994,19 @@ fn compile_object(
                 let keeps_plainly = assigned.plan == ValuePlan::Keep && !assigned.special;
                 match sel {
                     Selector::Path(steps, p) => {
-                        if keeps_plainly {
-                            if let Some((_, cat)) = declared
+                        if keeps_plainly
+                            && let Some((_, cat)) = declared
                                 .iter()
                                 .find(|(s, c)| *s == steps && ctx.taxonomy.is_special(c))
-                            {
-                                ctx.diags.at(
-                                    src,
-                                    &p,
-                                    PolicyErrorKind::SpecialWithoutFlag {
-                                        target: p.value.clone(),
-                                        category: cat.clone(),
-                                    },
-                                );
-                            }
+                        {
+                            ctx.diags.at(
+                                src,
+                                &p,
+                                PolicyErrorKind::SpecialWithoutFlag {
+                                    target: p.value.clone(),
+                                    category: cat.clone(),
+                                },
+                            );
                         }
                         if !root.insert(&steps, Some((2, assigned.clone())), false) {
                             ctx.diags.at(
@@ -1041,10 +1040,10 @@ fn compile_object(
                 .iter()
                 .filter(|(rc, _)| is_under(cat, rc))
                 .max_by_key(|(rc, _)| rc.len());
-            if let Some((_, a)) = best {
-                if !root.insert(steps, Some((1, a.clone())), false) {
-                    shape_error = true;
-                }
+            if let Some((_, a)) = best
+                && !root.insert(steps, Some((1, a.clone())), false)
+            {
+                shape_error = true;
             }
         }
         if shape_error {
@@ -1164,15 +1163,15 @@ fn compile_rule(
         ));
     };
     for (name, loc) in params {
-        if let Some(loc) = loc {
-            if !allowed.contains(&name) {
-                bad(
-                    ctx,
-                    loc,
-                    format!("`{name}` does not apply to `{}`", action.value.0),
-                );
-                ok = false;
-            }
+        if let Some(loc) = loc
+            && !allowed.contains(&name)
+        {
+            bad(
+                ctx,
+                loc,
+                format!("`{name}` does not apply to `{}`", action.value.0),
+            );
+            ok = false;
         }
     }
     if !ok {

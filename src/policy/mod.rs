@@ -27,7 +27,7 @@ use source::{SourceFile, file_error, find_policy_files, parse_file};
 /// Reads every policy file under `dir` (`*.yaml`, recursively, not `*.test.yaml`) and compiles
 /// them, or returns every error found.
 pub fn load_dir(dir: &Path) -> Result<CompiledPolicy, PolicyErrors> {
-    let paths = find_policy_files(dir).map_err(|e| PolicyErrors { errors: vec![e] })?;
+    let paths = find_policy_files(dir).map_err(|e| PolicyErrors { errors: vec![*e] })?;
     if paths.is_empty() {
         return Err(PolicyErrors {
             errors: vec![file_error(dir, PolicyErrorKind::NoPolicyFiles)],
@@ -77,7 +77,7 @@ fn compile_with(
             let raw = match parse_file(&src) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    diags.push(e);
+                    diags.push(*e);
                     None
                 }
             };

@@ -94,7 +94,7 @@ pub fn file_error(path: &Path, kind: PolicyErrorKind) -> PolicyError {
 
 /// The policy files under `dir`: `*.yaml` at any depth, except `*.test.yaml`, sorted by path.
 /// Returns the paths relative to `dir` too (for the revision).
-pub fn find_policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+pub fn find_policy_files(dir: &Path) -> Result<Vec<PathBuf>, Box<PolicyError>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -143,7 +143,7 @@ fn is_policy_file(path: &Path) -> bool {
 }
 
 /// Reads one file into the raw model, or the error that stops it.
-pub fn parse_file(source: &SourceFile) -> Result<RawPolicyFile, PolicyError> {
+pub fn parse_file(source: &SourceFile) -> Result<RawPolicyFile, Box<PolicyError>> {
     let options = serde_saphyr::options! {
         duplicate_keys: DuplicateKeyPolicy::Error,
         merge_keys: MergeKeyPolicy::Error,
@@ -154,7 +154,7 @@ pub fn parse_file(source: &SourceFile) -> Result<RawPolicyFile, PolicyError> {
     }
     serde_saphyr::from_str_with_options::<Option<RawPolicyFile>>(&source.text, options)
         .map(Option::unwrap_or_default)
-        .map_err(|e| yaml_error(source, &e))
+        .map_err(|e| Box::new(yaml_error(source, &e)))
 }
 
 /// Turns a YAML library error into a located diagnostic with a message of ours.
