@@ -131,15 +131,17 @@ pub async fn build(config: &Config) -> Result<Arc<Gateway>, StartError> {
     config
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let policy = crate::policy::load_dir(&config.policies).map_err(|errors| StartError::Policy {
-        dir: config.policies.clone(),
-        errors,
-    })?;
+    let policy =
+        crate::policy::load_dir(&config.policies).map_err(|errors| StartError::Policy {
+            dir: config.policies.clone(),
+            errors,
+        })?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         dir: config.data_dir.clone(),
         source,
     })?;
-    let store = crate::consent::sqlite::SqliteStore::open(config.data_dir.join("consent.db")).await?;
+    let store =
+        crate::consent::sqlite::SqliteStore::open(config.data_dir.join("consent.db")).await?;
     let consent = crate::consent::cache::ConsentService::new(
         Arc::new(store),
         crate::consent::cache::CacheConfig {

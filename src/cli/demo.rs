@@ -19,6 +19,8 @@ use crate::consent::event::{ConsentEvent, EventKind, now_ms};
 
 /// The example policy, embedded so the demo runs from any directory.
 const EXAMPLE_POLICY: &str = include_str!("../../policies/examples/hubspot-contacts.yaml");
+/// The example policy's demo pseudonym key.
+const EXAMPLE_KEY: &str = include_str!("../../policies/examples/pseudonym.key");
 
 /// Flags of `demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,15 +43,77 @@ pub const SUPPORT_KEY: &str = "demo-support-key";
 
 /// The sample contacts: (id, first, last, email, phone, city, date of birth, health notes,
 /// ethnicity).
-const CONTACTS: &[(&str, &str, &str, &str, &str, &str, &str, &str, &str)] = &[
-    ("101", "Ada", "Lovelace", "ada@example.com", "+44 20 7946 0101", "London", "1985-12-10", "asthma", "white british"),
-    ("102", "Grace", "Hopper", "grace@example.com", "+1 212 555 0102", "New York", "1976-12-09", "none", "white american"),
-    ("103", "Alan", "Turing", "alan@example.com", "+44 161 496 0103", "Manchester", "1982-06-23", "pollen allergy", "white british"),
-    ("104", "Katherine", "Johnson", "katherine@example.com", "+1 757 555 0104", "Hampton", "1988-08-26", "diabetes type 1", "african american"),
-    ("105", "Tu", "Youyou", "tu@example.com", "+86 10 5555 0105", "Beijing", "1990-12-30", "none", "han chinese"),
+type Contact = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+const CONTACTS: &[Contact] = &[
+    (
+        "101",
+        "Ada",
+        "Lovelace",
+        "ada@example.com",
+        "+44 20 7946 0101",
+        "London",
+        "1985-12-10",
+        "asthma",
+        "white british",
+    ),
+    (
+        "102",
+        "Grace",
+        "Hopper",
+        "grace@example.com",
+        "+1 212 555 0102",
+        "New York",
+        "1976-12-09",
+        "none",
+        "white american",
+    ),
+    (
+        "103",
+        "Alan",
+        "Turing",
+        "alan@example.com",
+        "+44 161 496 0103",
+        "Manchester",
+        "1982-06-23",
+        "pollen allergy",
+        "white british",
+    ),
+    (
+        "104",
+        "Katherine",
+        "Johnson",
+        "katherine@example.com",
+        "+1 757 555 0104",
+        "Hampton",
+        "1988-08-26",
+        "diabetes type 1",
+        "african american",
+    ),
+    (
+        "105",
+        "Tu",
+        "Youyou",
+        "tu@example.com",
+        "+86 10 5555 0105",
+        "Beijing",
+        "1990-12-30",
+        "none",
+        "han chinese",
+    ),
 ];
 
-fn contact_json(c: &(&str, &str, &str, &str, &str, &str, &str, &str, &str)) -> serde_json::Value {
+fn contact_json(c: &Contact) -> serde_json::Value {
     let (id, first, last, email, phone, city, dob, health, ethnicity) = *c;
     serde_json::json!({
         "id": id,
@@ -84,13 +148,17 @@ pub fn crm_answer(path: &str) -> (StatusCode, String) {
             Some(c) => (StatusCode::OK, json(contact_json(c))),
             None => (
                 StatusCode::NOT_FOUND,
-                json(serde_json::json!({"status": "error", "message": format!("resource {other} not found")})),
+                json(
+                    serde_json::json!({"status": "error", "message": format!("resource {other} not found")}),
+                ),
             ),
         },
     }
 }
 
-async fn crm_service(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn crm_service(
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (status, body) = crm_answer(req.uri().path());
     let mut rsp = Response::new(Full::new(Bytes::from(body)));
     *rsp.status_mut() = status;
@@ -134,6 +202,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let policies = args.data_dir.join("policies");
     std::fs::create_dir_all(&policies)?;
     std::fs::write(policies.join("hubspot-contacts.yaml"), EXAMPLE_POLICY)?;
+    std::fs::write(policies.join("pseudonym.key"), EXAMPLE_KEY)?;
 
     let crm = tokio::net::TcpListener::bind(args.crm).await?;
     tokio::spawn(serve_crm(crm));
@@ -206,4 +275,3 @@ Stop with Ctrl-C.
     crate::server::run(listener, gateway, &config, crate::server::signal()).await;
     Ok(())
 }
-

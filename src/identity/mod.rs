@@ -28,7 +28,10 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h [u8]>, ()
 }
 
 /// The caller whose API key the request presents.
-pub fn identify<'p>(headers: &HeaderMap, policy: &'p CompiledPolicy) -> Result<&'p Caller, Refusal> {
+pub fn identify<'p>(
+    headers: &HeaderMap,
+    policy: &'p CompiledPolicy,
+) -> Result<&'p Caller, Refusal> {
     let key = single(headers, API_KEY_HEADER)
         .map_err(|()| Refusal::AmbiguousCredentials)?
         .ok_or(Refusal::UnknownCaller)?;

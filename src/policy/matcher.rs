@@ -37,13 +37,21 @@ impl PathTemplate {
 
 impl CompiledPolicy {
     /// The route or passthrough entry for a method and a normalised, decoded path.
-    pub fn match_path<'p, 'r>(&'p self, method: &http::Method, segments: &'r [String]) -> Matched<'p, 'r> {
+    pub fn match_path<'p, 'r>(
+        &'p self,
+        method: &http::Method,
+        segments: &'r [String],
+    ) -> Matched<'p, 'r> {
         for route in &self.routes {
             if let Some(params) = route.path.matches(segments) {
                 return Matched::Route(route, params);
             }
         }
-        let method = if method == http::Method::HEAD { &http::Method::GET } else { method };
+        let method = if method == http::Method::HEAD {
+            &http::Method::GET
+        } else {
+            method
+        };
         if self
             .passthrough
             .iter()

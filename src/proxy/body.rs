@@ -21,7 +21,9 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.
@@ -119,9 +121,9 @@ impl Decoded {
             Coding::Deflate => {
                 Box::pin(async_compression::tokio::bufread::ZlibDecoder::new(reader))
             }
-            Coding::Brotli => {
-                Box::pin(async_compression::tokio::bufread::BrotliDecoder::new(reader))
-            }
+            Coding::Brotli => Box::pin(async_compression::tokio::bufread::BrotliDecoder::new(
+                reader,
+            )),
             Coding::Zstd => Box::pin(async_compression::tokio::bufread::ZstdDecoder::new(reader)),
             Coding::Identity => Box::pin(reader),
         };
@@ -137,10 +139,10 @@ impl Decoded {
                     Some(Err(e)) => return Err(ReadError(e.to_string())),
                     Some(Ok(frame)) => {
                         // Trailers are dropped: they are not part of the examined body.
-                        if let Ok(data) = frame.into_data() {
-                            if !data.is_empty() {
-                                return Ok(Some(data));
-                            }
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            return Ok(Some(data));
                         }
                     }
                 }

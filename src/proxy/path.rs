@@ -137,10 +137,19 @@ mod tests {
         let cases = [
             ("/crm/v3/objects/contacts", "/crm/v3/objects/contacts"),
             ("/crm//v3///objects/contacts", "/crm/v3/objects/contacts"),
-            ("/crm/v3/./objects/x/../contacts", "/crm/v3/objects/contacts"),
+            (
+                "/crm/v3/./objects/x/../contacts",
+                "/crm/v3/objects/contacts",
+            ),
             ("/crm/v3/objects/contacts/", "/crm/v3/objects/contacts/"),
-            ("/%63rm/v3/objects/%63ontacts/%31000", "/crm/v3/objects/contacts/1000"),
-            ("/crm/v3/objects/contacts/%2e%2e/companies", "/crm/v3/objects/companies"),
+            (
+                "/%63rm/v3/objects/%63ontacts/%31000",
+                "/crm/v3/objects/contacts/1000",
+            ),
+            (
+                "/crm/v3/objects/contacts/%2e%2e/companies",
+                "/crm/v3/objects/companies",
+            ),
             ("/a/%7e%41b", "/a/~Ab"),
             ("/a/b%20c", "/a/b%20c"),
             ("/a/b%c3%a9", "/a/b%C3%A9"),
@@ -166,8 +175,14 @@ mod tests {
     #[test]
     fn refuses_what_could_be_read_two_ways() {
         let cases = [
-            ("/crm/v3/objects/contacts%2F1000", PathError::EncodedSeparator),
-            ("/crm/v3/objects/contacts%2f1000", PathError::EncodedSeparator),
+            (
+                "/crm/v3/objects/contacts%2F1000",
+                PathError::EncodedSeparator,
+            ),
+            (
+                "/crm/v3/objects/contacts%2f1000",
+                PathError::EncodedSeparator,
+            ),
             ("/crm%5Cv3", PathError::EncodedSeparator),
             ("/crm\\v3", PathError::Backslash),
             ("/crm%00", PathError::Nul),

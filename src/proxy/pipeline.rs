@@ -28,7 +28,11 @@ pub struct Decision {
 }
 
 /// Handles one client request; never fails: refusals become problem+json responses.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let mut decision = Decision::default();
@@ -125,10 +129,8 @@ async fn process(
         .headers()
         .get("sec-gpc")
         .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
-    if let Some(len) = content_length(req.headers()) {
-        if len > gw.limits.max_request_body_bytes {
-            return Err(Refusal::RequestTooLarge);
-        }
+    if content_length(req.headers()).is_some_and(|len| len > gw.limits.max_request_body_bytes) {
+        return Err(Refusal::RequestTooLarge);
     }
 
     let mut req = req;

@@ -43,12 +43,7 @@ const NEVER_FORWARDED: &[&str] = &[
 
 /// Headers that would let the upstream answer with something other than the whole current
 /// representation (a range, a 304), which the gateway could not examine.
-const CONDITIONAL: &[&str] = &[
-    "range",
-    "if-range",
-    "if-none-match",
-    "if-modified-since",
-];
+const CONDITIONAL: &[&str] = &["range", "if-range", "if-none-match", "if-modified-since"];
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -84,7 +79,10 @@ pub fn upstream_headers(
             headers.remove(*name);
         }
         // Asked for plainly; a coded answer is still decoded, an unknown one refused.
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
     headers.insert(header::HOST, upstream_host.clone());
     // The gateway is the edge: forwarding headers from clients are replaced, never appended.

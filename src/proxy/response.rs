@@ -109,12 +109,18 @@ pub async fn protect(
     match head_rx.await {
         Ok(Ok(Head::Complete(bytes))) => {
             let len = bytes.len() as u64;
-            let body = if head { body::empty() } else { body::full(bytes) };
+            let body = if head {
+                body::empty()
+            } else {
+                body::full(bytes)
+            };
             Ok(finish_head(parts, body, Some(len)))
         }
-        Ok(Ok(Head::Streaming(rest))) => {
-            Ok(finish_head(parts, http_body_util::BodyExt::boxed(rest), None))
-        }
+        Ok(Ok(Head::Streaming(rest))) => Ok(finish_head(
+            parts,
+            http_body_util::BodyExt::boxed(rest),
+            None,
+        )),
         Ok(Err(refusal)) => Err(refusal),
         Err(_) => Err(Refusal::Internal),
     }
@@ -129,13 +135,19 @@ fn finish_head(mut parts: http::response::Parts, body: Body, len: Option<u64>) -
     }
     let h = &mut parts.headers;
     if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::RESET_CONTENT {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
     if let Some(len) = len {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     // One purpose's view must never be served to another by a shared cache.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
     h.insert(
         header::VARY,
         HeaderValue::from_static("X-Api-Key, X-Purpose, Authorization, Sec-GPC"),
@@ -153,7 +165,11 @@ fn is_json(headers: &HeaderMap) -> bool {
         return false;
     };
     let mut params = text.split(';');
-    let essence = params.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = params
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let json = essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
     let utf8 = params.all(|p| {
@@ -168,11 +184,15 @@ fn refusal_of(e: &RedactError) -> Refusal {
     match e {
         RedactError::NoLawfulBasis => Refusal::NoLawfulBasis,
         RedactError::SubjectMismatch => Refusal::SubjectMismatch,
-        RedactError::NoSubject => Refusal::UpstreamUnreadable("a record has no readable subject id"),
+        RedactError::NoSubject => {
+            Refusal::UpstreamUnreadable("a record has no readable subject id")
+        }
         RedactError::Unreadable(crate::redact::frame::FrameError::ValueTooLarge) => {
             Refusal::BodyTooLarge
         }
-        RedactError::Unreadable(_) => Refusal::UpstreamUnreadable("the upstream body is not valid JSON of the declared shape"),
+        RedactError::Unreadable(_) => {
+            Refusal::UpstreamUnreadable("the upstream body is not valid JSON of the declared shape")
+        }
         RedactError::Protocol => Refusal::Internal,
     }
 }
@@ -201,7 +221,10 @@ impl Sink {
             self.stream = Some(tx);
         }
         match &self.stream {
-            Some(tx) => tx.send(Ok(Bytes::from(std::mem::take(&mut self.held)))).await.is_ok(),
+            Some(tx) => tx
+                .send(Ok(Bytes::from(std::mem::take(&mut self.held))))
+                .await
+                .is_ok(),
             None => false,
         }
     }
@@ -211,10 +234,10 @@ impl Sink {
         let bytes = Bytes::from(std::mem::take(&mut self.held));
         if let Some(head) = self.head.take() {
             let _ = head.send(Ok(Head::Complete(bytes)));
-        } else if let Some(tx) = &self.stream {
-            if !bytes.is_empty() {
-                let _ = tx.send(Ok(bytes)).await;
-            }
+        } else if let Some(tx) = &self.stream
+            && !bytes.is_empty()
+        {
+            let _ = tx.send(Ok(bytes)).await;
         }
     }
 

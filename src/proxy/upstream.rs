@@ -29,7 +29,11 @@ pub struct Upstream {
 
 impl Upstream {
     /// A client for the upstream at `url` (`http://host:port[/prefix]`).
-    pub fn new(url: &str, connect_timeout: Duration, header_timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        header_timeout: Duration,
+    ) -> Result<Self, String> {
         let uri: Uri = url.parse().map_err(|e| format!("upstream `{url}`: {e}"))?;
         let authority = uri
             .authority()
