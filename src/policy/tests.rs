@@ -390,7 +390,7 @@ fn json_rendering_has_code_location_and_help() {
 
 #[test]
 fn benchmark_policy_compiles() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples/benchmark");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/benchmark");
     let p = match load_dir(&dir) {
         Ok(p) => p,
         Err(e) => panic!("{}", e.render()),

@@ -165,13 +165,12 @@ pub fn subject_id(record: &Value, path: &[Box<str>]) -> Option<String> {
     }
     match at.get_type() {
         JsonType::String => at.as_str().filter(|s| !s.is_empty()).map(str::to_owned),
-        JsonType::Number => {
-            if let Some(i) = at.as_i64() {
-                Some(i.to_string())
-            } else {
-                at.as_u64().map(|u| u.to_string())
-            }
-        }
+        // Numbers keep their source text (arbitrary precision): an integer of any size is read
+        // by its digits; fractions and exponents are no id.
+        JsonType::Number => sonic_rs::to_string(at).ok().filter(|t| {
+            let digits = t.strip_prefix('-').unwrap_or(t);
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        }),
         _ => None,
     }
 }
