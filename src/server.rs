@@ -171,3 +171,39 @@ pub async fn build(config: &Config) -> Result<Arc<Gateway>, StartError> {
         total_timeout: Duration::from_millis(config.timeouts.total_ms),
     }))
 }
+
+/// Reloads the policy on SIGHUP: a policy that compiles replaces the running one for the next
+/// requests; one that does not is logged and the running one stays.
+pub async fn reload_on_hangup(gateway: Arc<Gateway>, dir: std::path::PathBuf) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload(&gateway, &dir);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (gateway, dir);
+}
+
+/// Compiles the policy in `dir` and, if it compiles, makes it the running one.
+pub fn reload(gateway: &Gateway, dir: &std::path::Path) -> bool {
+    match crate::policy::load_dir(dir) {
+        Ok(policy) => {
+            tracing::info!(revision = %policy.revision, routes = policy.routes.len(), "policy reloaded");
+            gateway.policy.store(Arc::new(policy));
+            true
+        }
+        Err(errors) => {
+            // FAIL-CLOSED: a policy that does not compile is never loaded; the running one stays.
+            tracing::error!(
+                "policy reload refused, the running policy stays:\n{}",
+                errors.render()
+            );
+            false
+        }
+    }
+}

@@ -127,6 +127,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = crate::server::build(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %config.listen, upstream = %config.upstream, "consentry listening");
+    tokio::spawn(crate::server::reload_on_hangup(
+        gateway.clone(),
+        config.policies.clone(),
+    ));
     crate::server::run(listener, gateway, &config, crate::server::signal()).await;
     Ok(())
 }
