@@ -58,6 +58,15 @@ pub struct ServeArgs {
     /// Consent lookup timeout, ms.
     #[arg(long, env = "CONSENTRY_CONSENT_TIMEOUT_MS")]
     pub consent_timeout_ms: Option<u64>,
+    /// Client request-head timeout, ms.
+    #[arg(long, env = "CONSENTRY_CLIENT_HEADER_TIMEOUT_MS")]
+    pub client_header_timeout_ms: Option<u64>,
+    /// Grace period for requests in flight on shutdown, ms.
+    #[arg(long, env = "CONSENTRY_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+    /// Most entries in the consent cache.
+    #[arg(long, env = "CONSENTRY_CONSENT_CACHE_ENTRIES")]
+    pub consent_cache_entries: Option<usize>,
     /// Worker threads (0: one per core).
     #[arg(long, env = "CONSENTRY_WORKERS")]
     pub workers: Option<usize>,
@@ -91,6 +100,9 @@ impl ServeArgs {
             total_timeout_ms => timeouts.total_ms;
             consent_cache_ttl_ms => consent.cache_ttl_ms;
             consent_timeout_ms => consent.lookup_timeout_ms;
+            client_header_timeout_ms => timeouts.client_header_ms;
+            shutdown_timeout_ms => timeouts.shutdown_ms;
+            consent_cache_entries => consent.cache_entries;
             workers => workers;
         }
         c.validate()?;
@@ -133,4 +145,57 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     crate::server::run(listener, gateway, &config, crate::server::signal()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("consentry.yaml");
+        std::fs::write(
+            &file,
+            "listen: 127.0.0.1:9000\nupstream: http://10.0.0.1:8000\nlimits:\n  max_depth: 12\n",
+        )
+        .unwrap();
+        let w = Wrapper::parse_from([
+            "x",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9001",
+            "--max-record-bytes",
+            "4096",
+        ]);
+        let c = w.args.config().unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.upstream, "http://10.0.0.1:8000");
+        assert_eq!(c.limits.max_depth, 12);
+        assert_eq!(c.limits.max_record_bytes, 4096);
+        assert_eq!(
+            c.limits.max_body_bytes,
+            crate::config::LimitsConfig::default().max_body_bytes
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_upstreams_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("consentry.yaml");
+        std::fs::write(&file, "limits:\n  max_dept: 12\n").unwrap();
+        let w = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]);
+        let err = w.args.config().unwrap_err().to_string();
+        assert!(err.contains("max_dept"), "{err}");
+        let w = Wrapper::parse_from(["x", "--upstream", "https://crm"]);
+        assert!(w.args.config().is_err());
+    }
 }
