@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Check a policy directory: print every error, exit 3 if it does not compile.
     Check {
         /// The policy directory.
@@ -49,7 +49,7 @@ pub enum Command {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Check { dir, error_format } => check::run(&dir, error_format == "json"),
         Command::Consent { data_dir, command } => {
             init_tracing();
