@@ -14,6 +14,7 @@ mod support;
 
 mod consent;
 mod fail_closed;
+mod identity;
 mod paths;
 mod protocol;
 mod redaction;
