@@ -13,7 +13,7 @@
 mod support;
 
 mod consent;
-mod fail_closed;
+pub mod fail_closed;
 mod identity;
 mod paths;
 mod protocol;
