@@ -7,11 +7,13 @@ use crate::support::{APP_KEY, NEWSLETTER_KEY, Proto, Reply, Upstream, contact, g
 
 const CONTACT: &str = "/crm/v3/objects/contacts/1";
 
+type Headers = &'static [(&'static str, &'static str)];
+
 both!(identity_and_purpose_refusals);
 async fn identity_and_purpose_refusals(proto: Proto) {
     let up = Upstream::replying(Reply::json(&contact("1"))).await;
     let gw = gateway(&up).start().await;
-    let cases: &[(&[(&str, &str)], u16, &str)] = &[
+    let cases: &[(Headers, u16, &str)] = &[
         (&[("x-purpose", "support")], 401, "unknown_caller"),
         (
             &[("x-api-key", "not-a-key"), ("x-purpose", "support")],

@@ -195,11 +195,6 @@ pub fn contacts(ids: &[&str]) -> Value {
     })
 }
 
-/// JSON text of a value.
-pub fn text(v: &Value) -> String {
-    v.to_string()
-}
-
 /// Hex HMAC-SHA-256 of `text` under `key`, computed independently of the gateway.
 pub fn hmac_hex(key: &[u8], text: &str) -> String {
     use hmac::{KeyInit, Mac};
