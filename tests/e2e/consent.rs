@@ -230,3 +230,75 @@ async fn a_failing_store_means_no_consent(proto: Proto) {
         ["1", "2"]
     );
 }
+
+both!(a_withdrawal_written_by_another_process_applies_without_a_restart);
+async fn a_withdrawal_written_by_another_process_applies_without_a_restart(proto: Proto) {
+    use consentry::consent::sqlite::{SqliteStore, SqliteStoreOptions};
+    use consentry::consent::store::ConsentStore;
+    let up = Upstream::replying(Reply::json(&contact("1"))).await;
+    let gw = gateway(&up).start().await;
+    let get = || {
+        gw.get("/crm/v3/objects/contacts/1")
+            .purpose("marketing")
+            .over(proto)
+    };
+    gw.grant("1", "marketing").await;
+    assert_eq!(get().send().await.ok_json()["id"], "1");
+    // Another writer on the same file, as the consent command line is.
+    let options = SqliteStoreOptions {
+        watch_interval: None,
+        ..SqliteStoreOptions::default()
+    };
+    let other = SqliteStore::open_with(gw.consent_db(), options)
+        .await
+        .unwrap();
+    let withdrawal = consentry::consent::event::ConsentEvent {
+        subject: "1".into(),
+        purpose: "marketing".into(),
+        kind: EventKind::Withdrawn,
+        at_ms: now_ms(),
+        expires_at_ms: None,
+        source: Some("cli".into()),
+        proof: None,
+    };
+    other.append(&[withdrawal]).await.unwrap();
+    // The gateway notices writes by others on its own (a change watcher), well before the
+    // cache's TTL ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let rsp = get().send().await;
+        if rsp.status == 403 {
+            rsp.assert_refused(403, "no_lawful_basis");
+            break;
+        }
+        assert_eq!(rsp.status, 200);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the withdrawal was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+both!(numeric_subject_ids_are_looked_up_by_their_digits);
+async fn numeric_subject_ids_are_looked_up_by_their_digits(proto: Proto) {
+    let body = r#"{"results":[
+        {"id":1,"properties":{"email":"one@example.com"}},
+        {"id":2,"properties":{"email":"two@example.com"}},
+        {"id":123456789012345678901234567890,"properties":{"email":"big@example.com"}}
+    ]}"#;
+    let up =
+        Upstream::replying(Reply::bytes(body).header("content-type", "application/json")).await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    gw.grant("123456789012345678901234567890", "marketing")
+        .await;
+    let rsp = gw.get(LIST).purpose("marketing").over(proto).send().await;
+    let text = rsp.text();
+    assert_eq!(rsp.status, 200, "{text}");
+    assert!(
+        text.contains("one@example.com") && text.contains("big@example.com"),
+        "{text}"
+    );
+    assert!(!text.contains("two@example.com"), "{text}");
+}

@@ -451,3 +451,152 @@ async fn a_large_list_that_completes_streams_whole() {
     assert_eq!(json["results"][599], support_view("600"));
     assert!(rsp.body.len() > 64 * 1024);
 }
+
+both!(more_bodies_that_cannot_be_examined);
+async fn more_bodies_that_cannot_be_examined(proto: Proto) {
+    let list_cases = [
+        ("empty body", ""),
+        ("null", "null"),
+        (
+            "records are null",
+            r#"{"results":null,"email":"secret@example.com"}"#,
+        ),
+        ("a bare string", r#""secret@example.com""#),
+        (
+            "unpaired surrogate in a key",
+            r#"{"results":[{"id":"1","properties":{"\ud800email":"secret@example.com"}}]}"#,
+        ),
+        (
+            "a raw control character in a string",
+            "{\"results\":[{\"id\":\"1\",\"properties\":{\"email\":\"secret\u{0}\"}}]}",
+        ),
+    ];
+    for (what, body) in list_cases {
+        println!("case: {what}");
+        refused_as(proto, json_text(body), LIST, 502, "upstream_unreadable").await;
+    }
+    let one_cases = [
+        (
+            "a list where a record is expected",
+            r#"[{"id":"1","properties":{"email":"secret@example.com"}}]"#,
+        ),
+        (
+            "no subject id",
+            r#"{"properties":{"email":"secret@example.com"}}"#,
+        ),
+    ];
+    for (what, body) in one_cases {
+        println!("case: {what}");
+        let up = Upstream::replying(json_text(body)).await;
+        let gw = gateway(&up).start().await;
+        let rsp = gw
+            .get("/crm/v3/objects/contacts/1")
+            .purpose("support")
+            .over(proto)
+            .send()
+            .await;
+        assert!(rsp.status == 502, "{what}: {} {}", rsp.status, rsp.text());
+        assert!(!rsp.text().contains("secret"), "{what}");
+    }
+}
+
+both!(an_escaped_spelling_of_an_envelope_member_is_that_member);
+async fn an_escaped_spelling_of_an_envelope_member_is_that_member(proto: Proto) {
+    let body = r#"{"r\u0065sults":[],"p\u0061ging":{"next":{"after":"abc"}},"tot\u0061l":1}"#;
+    let up = Upstream::replying(json_text(body)).await;
+    let gw = gateway(&up).start().await;
+    let rsp = gw.get(LIST).purpose("support").over(proto).send().await;
+    assert_eq!(
+        rsp.ok_json(),
+        json!({ "results": [], "paging": { "next": { "after": "abc" } } })
+    );
+}
+
+both!(an_unreachable_upstream_is_a_bad_gateway);
+async fn an_unreachable_upstream_is_a_bad_gateway(proto: Proto) {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let url = {
+        // A port nothing listens on any more.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let gw = gateway(&up).config(|c| c.upstream = url).start().await;
+    let rsp = gw.get(LIST).purpose("support").over(proto).send().await;
+    rsp.assert_refused(502, "upstream_unavailable");
+}
+
+both!(a_slow_upstream_body_times_out);
+async fn a_slow_upstream_body_times_out(proto: Proto) {
+    let reply = Reply::json(&contacts(&["1"])).in_parts(64, Duration::from_millis(100));
+    let up = Upstream::replying(reply).await;
+    let gw = gateway(&up)
+        .config(|c| c.timeouts.total_ms = 300)
+        .start()
+        .await;
+    let rsp = gw.get(LIST).purpose("support").over(proto).send().await;
+    rsp.assert_refused(504, "upstream_timeout");
+    assert!(!rsp.text().contains("Lovelace"));
+}
+
+both!(a_no_content_answer_passes_without_a_body);
+async fn a_no_content_answer_passes_without_a_body(proto: Proto) {
+    let up = Upstream::replying(Reply::bytes("").status(204).header("etag", "\"x\"")).await;
+    let gw = gateway(&up).start().await;
+    let rsp = gw.get(LIST).purpose("support").over(proto).send().await;
+    assert_eq!(rsp.status, 204);
+    assert!(rsp.body.is_empty());
+    assert_eq!(rsp.header("etag"), None);
+}
+
+both!(invalid_utf8_is_refused);
+async fn invalid_utf8_is_refused(proto: Proto) {
+    let mut body = br#"{"results":[{"id":"1","properties":{"email":"secret"#.to_vec();
+    body.extend_from_slice(b"\xff\xfe@example.com\"}}]}");
+    let reply = Reply::bytes(body).header("content-type", "application/json");
+    refused_as(proto, reply, LIST, 502, "upstream_unreadable").await;
+}
+
+both!(coded_bodies_cut_short_or_with_trailing_bytes_are_refused);
+async fn coded_bodies_cut_short_or_with_trailing_bytes_are_refused(proto: Proto) {
+    let plain = contacts(&["1", "2"]).to_string().into_bytes();
+    for coding in ["gzip", "deflate", "br", "zstd"] {
+        let coded = match coding {
+            "gzip" => gzip(&plain),
+            "deflate" => crate::support::deflate(&plain),
+            "br" => crate::support::brotli(&plain),
+            _ => crate::support::zstd(&plain),
+        };
+        // Cut in the middle, and cut by only the last few bytes (an integrity trailer or the
+        // end-of-stream marker), where the JSON inside may already be complete.
+        let half = coded[..coded.len() / 2].to_vec();
+        let tail = coded[..coded.len() - 4].to_vec();
+        let mut trailing = coded.clone();
+        trailing.extend_from_slice(br#"{"email":"secret@example.com"}"#);
+        for (what, body) in [("half", half), ("tail", tail), ("trailing", trailing)] {
+            println!("case: {coding} {what}");
+            let reply = Reply::bytes(body)
+                .header("content-type", "application/json")
+                .header("content-encoding", coding);
+            refused_as(proto, reply, LIST, 502, "upstream_unreadable").await;
+        }
+    }
+    // A second gzip member is part of the body (RFC 1952): examined, not ignored.
+    let mut two = gzip(&plain);
+    two.extend_from_slice(&gzip(br#"{"email":"secret@example.com"}"#));
+    let reply = Reply::bytes(two)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip");
+    refused_as(proto, reply, LIST, 502, "upstream_unreadable").await;
+    let (a, b) = plain.split_at(plain.len() / 2);
+    let mut split = gzip(a);
+    split.extend_from_slice(&gzip(b));
+    let up = Upstream::replying(
+        Reply::bytes(split)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip"),
+    )
+    .await;
+    let gw = gateway(&up).start().await;
+    let rsp = gw.get(LIST).purpose("support").over(proto).send().await;
+    assert_eq!(rsp.ok_json(), support_list(&["1", "2"]));
+}

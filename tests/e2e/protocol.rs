@@ -264,3 +264,68 @@ async fn shutdown_drains_a_request_in_flight() {
     // New connections are no longer accepted.
     assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
 }
+
+both!(an_oversized_request_body_is_refused);
+async fn an_oversized_request_body_is_refused(proto: Proto) {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up)
+        .config(|c| c.limits.max_request_body_bytes = 1024)
+        .start()
+        .await;
+    let rsp = gw
+        .call(Method::POST, "/crm/v3/objects/contacts/search")
+        .purpose("support")
+        .body(vec![b' '; 4096])
+        .over(proto)
+        .send()
+        .await;
+    rsp.assert_refused(413, "request_too_large");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_request_body_is_refused() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up)
+        .config(|c| c.limits.max_request_body_bytes = 1024)
+        .start()
+        .await;
+    let mut request = format!(
+        "POST /crm/v3/objects/contacts/search HTTP/1.1\r\nhost: gw\r\nx-api-key: {APP_KEY}\r\n\
+         x-purpose: support\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..4 {
+        request.extend_from_slice(b"400\r\n");
+        request.extend_from_slice(&[b' '; 0x400]);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let rsp = raw_exchange(gw.addr, &request).await;
+    let text = String::from_utf8_lossy(&rsp);
+    assert_eq!(raw_status(&rsp), 413, "{text}");
+    assert!(text.contains("\"request_too_large\""), "{text}");
+}
+
+#[tokio::test]
+async fn two_host_headers_are_refused() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up).start().await;
+    let request = format!(
+        "GET /crm/v3/objects/contacts HTTP/1.1\r\nhost: gw\r\nhost: other\r\nx-api-key: {APP_KEY}\r\n\
+         x-purpose: support\r\nconnection: close\r\n\r\n"
+    );
+    let rsp = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert_eq!(raw_status(&rsp), 400, "{}", String::from_utf8_lossy(&rsp));
+    assert!(up.seen().is_empty());
+}
+
+both!(head_on_a_passthrough_route);
+async fn head_on_a_passthrough_route(proto: Proto) {
+    let up = Upstream::replying(Reply::bytes("ok").header("content-type", "text/plain")).await;
+    let gw = gateway(&up).start().await;
+    let rsp = gw.call(Method::HEAD, "/health").over(proto).send().await;
+    assert_eq!(rsp.status, 200);
+    assert!(rsp.body.is_empty());
+    assert_eq!(up.last().method, "HEAD");
+}

@@ -500,15 +500,16 @@ fn parse_head(head: &[u8]) -> Seen {
 /// Starts a gateway in front of `upstream` with the test policy.
 pub fn gateway(upstream: &Upstream) -> GatewayBuilder {
     GatewayBuilder {
-        upstream: upstream.url(),
         policy: policy(),
         key: PSEUDONYM_KEY.to_vec(),
-        config: Config::default(),
+        config: Config {
+            upstream: upstream.url(),
+            ..Config::default()
+        },
     }
 }
 
 pub struct GatewayBuilder {
-    upstream: String,
     policy: String,
     key: Vec<u8>,
     config: Config,
@@ -534,7 +535,6 @@ impl GatewayBuilder {
         std::fs::write(policies.join("policy.yaml"), &self.policy).expect("policy file");
         std::fs::write(policies.join("pseudonym.key"), &self.key).expect("key file");
         let mut config = self.config;
-        config.upstream = self.upstream;
         config.policies = policies;
         config.data_dir = dir.path().join("data");
         config.timeouts.shutdown_ms = 5_000;
