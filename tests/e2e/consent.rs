@@ -302,3 +302,54 @@ async fn numeric_subject_ids_are_looked_up_by_their_digits(proto: Proto) {
     );
     assert!(!text.contains("two@example.com"), "{text}");
 }
+
+both!(consent_is_decided_record_by_record_across_a_streamed_list);
+async fn consent_is_decided_record_by_record_across_a_streamed_list(proto: Proto) {
+    let body = crate::fail_closed::list_of(1200);
+    let up = Upstream::replying(
+        Reply::bytes(body)
+            .header("content-type", "application/json")
+            .in_parts(8192, Duration::ZERO),
+    )
+    .await;
+    let gw = gateway(&up).start().await;
+    // Two contacts in three consented, in one batch.
+    let grants: Vec<_> = (1..=1200)
+        .filter(|i| i % 3 != 0)
+        .map(|i| consentry::consent::event::ConsentEvent {
+            subject: i.to_string(),
+            purpose: "marketing".into(),
+            kind: EventKind::Granted,
+            at_ms: now_ms(),
+            expires_at_ms: None,
+            source: None,
+            proof: None,
+        })
+        .collect();
+    gw.gateway.consent.record(&grants).await.unwrap();
+    let rsp = gw.get(LIST).purpose("marketing").over(proto).send().await;
+    let body = rsp.ok_json();
+    let want: Vec<String> = (1..=1200)
+        .filter(|i| i % 3 != 0)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(ids(&body), want);
+    assert!(!rsp.text().contains("ada3@example.com"));
+    assert!(
+        rsp.body.len() > 64 * 1024 && rsp.header("content-length").is_none(),
+        "streamed"
+    );
+    // HEAD says the length GET has, without sending it.
+    let head = gw
+        .call(http::Method::HEAD, LIST)
+        .purpose("marketing")
+        .over(proto)
+        .send()
+        .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(rsp.body.len().to_string().as_str())
+    );
+}

@@ -378,7 +378,12 @@ async fn headers_of_the_unredacted_body_are_not_passed(proto: Proto) {
 
 /// A list large enough that the gateway streams it (its redacted form is over 64 KiB).
 pub fn large_list() -> String {
-    let ids: Vec<String> = (1..=600).map(|i| i.to_string()).collect();
+    list_of(600)
+}
+
+/// A list of `n` contacts, ids 1 to n.
+pub fn list_of(n: usize) -> String {
+    let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     contacts(&ids).to_string()
 }
