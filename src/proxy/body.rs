@@ -116,15 +116,31 @@ impl Decoded {
         }
         let stream = BodyDataStream::new(body).map_err(std::io::Error::other);
         let reader = BufReader::new(StreamReader::new(stream));
+        // FAIL-CLOSED: bytes after the end of a coded stream are decoded as a further stream
+        // (an error if they are not one) rather than silently ignored: every byte the upstream
+        // sent is either examined or the response refused.
+        use async_compression::tokio::bufread as de;
         let decoder: Pin<Box<dyn AsyncRead + Send>> = match coding {
-            Coding::Gzip => Box::pin(async_compression::tokio::bufread::GzipDecoder::new(reader)),
-            Coding::Deflate => {
-                Box::pin(async_compression::tokio::bufread::ZlibDecoder::new(reader))
+            Coding::Gzip => {
+                let mut d = de::GzipDecoder::new(reader);
+                d.multiple_members(true);
+                Box::pin(d)
             }
-            Coding::Brotli => Box::pin(async_compression::tokio::bufread::BrotliDecoder::new(
-                reader,
-            )),
-            Coding::Zstd => Box::pin(async_compression::tokio::bufread::ZstdDecoder::new(reader)),
+            Coding::Deflate => {
+                let mut d = de::ZlibDecoder::new(reader);
+                d.multiple_members(true);
+                Box::pin(d)
+            }
+            Coding::Brotli => {
+                let mut d = de::BrotliDecoder::new(reader);
+                d.multiple_members(true);
+                Box::pin(d)
+            }
+            Coding::Zstd => {
+                let mut d = de::ZstdDecoder::new(reader);
+                d.multiple_members(true);
+                Box::pin(d)
+            }
             Coding::Identity => Box::pin(reader),
         };
         Self::Coded(decoder, BytesMut::with_capacity(32 * 1024))

@@ -61,7 +61,16 @@ pub async fn handle(
                 reason = refusal.reason(),
                 elapsed_us = started.elapsed().as_micros() as u64,
             );
-            refusal.into_response()
+            let mut rsp = refusal.into_response();
+            if method == Method::HEAD {
+                // A response to HEAD has no content (RFC 9110 §9.3.2): HTTP/2 clients reset a
+                // stream that carries some. The length stays the one GET would have.
+                let len = refusal.problem_json().len();
+                rsp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                *rsp.body_mut() = body::empty();
+            }
+            rsp
         }
     }
 }

@@ -57,8 +57,8 @@ pub struct Protected {
 
 /// What the body task reports before the response head goes out.
 enum Head {
-    /// The whole redacted body.
-    Complete(Bytes),
+    /// The whole redacted body (empty for HEAD) and its length.
+    Complete(Bytes, u64),
     /// The redacted body, streaming through the channel.
     Streaming(ChannelBody),
 }
@@ -107,8 +107,7 @@ pub async fn protect(
     let head = req.head;
     tokio::spawn(redact_body(gw, req, decoded, head_tx));
     match head_rx.await {
-        Ok(Ok(Head::Complete(bytes))) => {
-            let len = bytes.len() as u64;
+        Ok(Ok(Head::Complete(bytes, len))) => {
             let body = if head {
                 body::empty()
             } else {
@@ -204,6 +203,8 @@ struct Sink {
     /// Set once the body streams.
     stream: Option<mpsc::Sender<Result<Bytes, BoxError>>>,
     held: Vec<u8>,
+    /// Output examined and discarded (HEAD): counted for the Content-Length GET would have.
+    discarded: u64,
 }
 
 impl Sink {
@@ -233,7 +234,8 @@ impl Sink {
     async fn complete(&mut self) {
         let bytes = Bytes::from(std::mem::take(&mut self.held));
         if let Some(head) = self.head.take() {
-            let _ = head.send(Ok(Head::Complete(bytes)));
+            let len = self.discarded + bytes.len() as u64;
+            let _ = head.send(Ok(Head::Complete(bytes, len)));
         } else if let Some(tx) = &self.stream
             && !bytes.is_empty()
         {
@@ -265,6 +267,7 @@ async fn redact_body(
         head: Some(head_tx),
         stream: None,
         held: Vec::new(),
+        discarded: 0,
     };
     let route = policy.routes.get(req.route_index);
     let view = route.and_then(|r| r.views.get(usize::from(req.purpose_id))?.as_deref());
@@ -348,8 +351,8 @@ async fn pump(
             redactor.resolve(&lawful).map_err(|e| refusal_of(&e))?;
         }
         if req.head {
-            // HEAD: the body is examined for the status, then discarded.
-            redactor.take_output();
+            // HEAD: the body is examined for the status and its length, then discarded.
+            sink.discarded += redactor.take_output().len() as u64;
         } else {
             redactor.drain_output_into(&mut sink.held);
         }
