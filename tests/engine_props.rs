@@ -431,7 +431,11 @@ fn member_plan<'p>(plan: &'p ObjectPlan, key: &str) -> Option<&'p ValuePlan> {
     reason = "a test helper: a failure here is a failing test"
 )]
 fn transform_leaf(t: &Transform, v: &J) -> J {
-    let value: sonic_rs::Value = sonic_rs::from_str(&to_text(v)).expect("a parsed value reparses");
+    let value = match v {
+        J::Str(s) => consentry::redact::transform::Scalar::Str(std::borrow::Cow::Borrowed(s)),
+        J::Num(t) => consentry::redact::transform::Scalar::Num(t),
+        _ => consentry::redact::transform::Scalar::Other,
+    };
     let mut out = Vec::new();
     consentry::redact::transform::write(t, &value, &mut out);
     parse_strict(&out).expect("a transform writes JSON")
@@ -1294,8 +1298,11 @@ fn mark_strings(v: &mut J, n: &mut usize) {
 }
 
 fn markers_in(out: &str) -> Vec<String> {
+    // Kept strings are copied with their escapes as the upstream wrote them: look for markers in
+    // the decoded text, so that an escaped spelling cannot hide one.
+    let decoded = decode_escapes(out);
     let mut found = Vec::new();
-    let mut rest = out;
+    let mut rest = decoded.as_str();
     while let Some(i) = rest.find("<secret-") {
         let tail = &rest[i..];
         match tail.find('>') {
@@ -1305,6 +1312,50 @@ fn markers_in(out: &str) -> Vec<String> {
         rest = &rest[i + 1..];
     }
     found
+}
+
+/// `text` with every JSON escape (`\n`, `\u003e`, surrogate pairs) replaced by what it stands
+/// for; an escape cut short is left as it is.
+fn decode_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let hex4 = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<u32> {
+        let digits: String = (0..4).filter_map(|_| chars.next()).collect();
+        u32::from_str_radix(&digits, 16)
+            .ok()
+            .filter(|_| digits.len() == 4)
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('u') => match hex4(&mut chars) {
+                Some(hi @ 0xD800..=0xDBFF) => {
+                    let low = (chars.next() == Some('\\') && chars.next() == Some('u'))
+                        .then(|| hex4(&mut chars))
+                        .flatten();
+                    match low {
+                        Some(lo) => out.extend(char::from_u32(
+                            0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF),
+                        )),
+                        None => out.push('\u{fffd}'),
+                    }
+                }
+                Some(unit) => out.push(char::from_u32(unit).unwrap_or('\u{fffd}')),
+                None => out.push('\u{fffd}'),
+            },
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// Every marker under a `Keep` of `plan` in `v`.

@@ -359,7 +359,7 @@ impl Framer {
             }
         }
         let raw = self.buf.get(start..i).ok_or(FrameError::Malformed)?;
-        let key: String = sonic_rs::from_slice(raw).map_err(|_| FrameError::Malformed)?;
+        let key = super::scan::string_text(raw).ok_or(FrameError::Malformed)?;
         self.pos = i;
         Ok(Some(key))
     }

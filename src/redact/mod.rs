@@ -4,8 +4,8 @@
 //! Pure code: no tokio, no hyper, no store. Consent decisions come in from the caller, batch
 //! by batch (see [`stream::Redactor`]).
 
-pub mod apply;
 pub mod frame;
+pub mod scan;
 pub mod stream;
 pub mod transform;
 

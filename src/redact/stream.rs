@@ -5,12 +5,12 @@
 //! their decision in a bounded batch; nothing of a record is written before its subject's
 //! decision is known, and nothing after the records is written before they are.
 
-use sonic_rs::Value;
+use std::ops::Range;
 
 use crate::policy::compiled::{ObjectPlan, RecordsAt, SubjectAt, ValuePlan, View, WithoutBasis};
 
-use super::apply;
 use super::frame::{Event, FrameError, Framer};
+use super::scan::{self, ScanError, Scanner};
 
 /// Bounds on what one body may hold.
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +60,13 @@ pub struct Counts {
     pub omitted: u32,
 }
 
+/// A record waiting for its subject's decision. Its raw bytes stay in the framer's buffer
+/// (which is not compacted before the batch is resolved) and its output, written with the
+/// purpose's view while it was validated, waits in `pending_out`.
 struct Pending {
-    record: Value,
-    subject: String,
+    raw: Range<usize>,
+    subject: Range<usize>,
+    out: Option<Range<usize>>,
 }
 
 /// One level of envelope output.
@@ -84,6 +88,11 @@ pub struct Redactor<'v> {
     levels: Vec<Level<'v>>,
     first_record: bool,
     pending: Vec<Pending>,
+    /// Subject ids of the pending records, end to end.
+    subjects: String,
+    /// Output of the pending records under the purpose's view, end to end.
+    pending_out: Vec<u8>,
+    scanner: Scanner,
     /// A framer event that must wait until the pending records are written.
     deferred: Option<Event>,
     out: Vec<u8>,
@@ -116,6 +125,9 @@ impl<'v> Redactor<'v> {
             levels: Vec::new(),
             first_record: true,
             pending: Vec::new(),
+            subjects: String::new(),
+            pending_out: Vec::new(),
+            scanner: Scanner::new(limits.max_depth),
             deferred: None,
             out: Vec::with_capacity(16 * 1024),
             counts: Counts::default(),
@@ -144,7 +156,9 @@ impl<'v> Redactor<'v> {
 
     /// Subjects of the records waiting for a decision, in order.
     pub fn pending_subjects(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.pending.iter().map(|p| p.subject.as_str())
+        self.pending
+            .iter()
+            .map(|p| self.subjects.get(p.subject.clone()).unwrap_or_default())
     }
 
     /// True while records wait for a decision.
@@ -161,26 +175,32 @@ impl<'v> Redactor<'v> {
         let pending = std::mem::take(&mut self.pending);
         for (p, &ok) in pending.iter().zip(lawful) {
             // FAIL-CLOSED: only an explicit `true` releases the purpose's view.
-            let plan = if ok {
+            if ok {
                 self.counts.kept += 1;
-                &self.view.record
-            } else {
-                match self.without_basis {
-                    WithoutBasis::Omit if !self.single => {
-                        self.counts.omitted += 1;
-                        continue;
-                    }
-                    WithoutBasis::Omit | WithoutBasis::Refuse => {
-                        return Err(RedactError::NoLawfulBasis);
-                    }
-                    WithoutBasis::NonPersonal => {
-                        self.counts.reduced += 1;
-                        &self.view.non_personal
-                    }
+                let written = p.out.clone().and_then(|r| self.pending_out.get(r));
+                write_record(&mut self.out, self.single, &mut self.first_record, written);
+                continue;
+            }
+            match self.without_basis {
+                WithoutBasis::Omit if !self.single => self.counts.omitted += 1,
+                WithoutBasis::Omit | WithoutBasis::Refuse => {
+                    return Err(RedactError::NoLawfulBasis);
                 }
-            };
-            self.write_record(plan, &p.record);
+                WithoutBasis::NonPersonal => {
+                    self.counts.reduced += 1;
+                    let mut reduced = Vec::new();
+                    let raw = self.framer.slice(p.raw.clone());
+                    let scanned = self
+                        .scanner
+                        .scan(raw, true, Some(&self.view.non_personal), None, &mut reduced)
+                        .map_err(unreadable)?;
+                    let written = scanned.written.then_some(reduced.as_slice());
+                    write_record(&mut self.out, self.single, &mut self.first_record, written);
+                }
+            }
         }
+        self.subjects.clear();
+        self.pending_out.clear();
         if let Some(event) = self.deferred.take() {
             self.handle(event)?;
         }
@@ -232,28 +252,36 @@ impl<'v> Redactor<'v> {
                 });
             }
             Event::Member { key, value } => {
-                let parsed = parse(self.framer.slice(value), self.limits.max_depth)?;
                 let plan = self
                     .levels
                     .last()
                     .and_then(|l| l.plan)
-                    .and_then(|p| p.member(&key));
-                if let Some(plan) = plan.filter(|p| !matches!(p, ValuePlan::Drop)) {
-                    let mark = self.out.len();
-                    let was_first = self.separator();
-                    apply::write_key(&key, &mut self.out);
-                    if !apply::write_value(plan, &parsed, &mut self.out) {
-                        // The plan dropped the value after all: so is its member and separator.
-                        self.out.truncate(mark);
-                        if let Some(level) = self.levels.last_mut() {
-                            level.first = was_first;
-                        }
+                    .and_then(|p| p.member(&key))
+                    .filter(|p| !matches!(p, ValuePlan::Drop));
+                let mark = self.out.len();
+                let was_first = self.separator();
+                if plan.is_some() {
+                    write_key(&key, &mut self.out);
+                }
+                let raw = self.framer.slice(value);
+                let scanned = self
+                    .scanner
+                    .scan(raw, true, plan, None, &mut self.out)
+                    .map_err(unreadable)?;
+                if scanned.end != raw.len() {
+                    return Err(FrameError::Malformed.into());
+                }
+                if !scanned.written {
+                    // Dropped, or dropped after all: so are its key and separator.
+                    self.out.truncate(mark);
+                    if let Some(level) = self.levels.last_mut() {
+                        level.first = was_first;
                     }
                 }
             }
             Event::OpenObject { key } => {
                 self.separator();
-                apply::write_key(&key, &mut self.out);
+                write_key(&key, &mut self.out);
                 self.out.push(b'{');
                 let plan = self
                     .levels
@@ -269,16 +297,12 @@ impl<'v> Redactor<'v> {
             Event::OpenRecords { key } => {
                 if let Some(key) = key {
                     self.separator();
-                    apply::write_key(&key, &mut self.out);
+                    write_key(&key, &mut self.out);
                 }
                 self.out.push(b'[');
                 self.first_record = true;
             }
-            Event::Record(range) | Event::Body(range) => {
-                let record = parse(self.framer.slice(range), self.limits.max_depth)?;
-                let subject = self.subject_of(&record)?;
-                self.pending.push(Pending { record, subject });
-            }
+            Event::Record(range) | Event::Body(range) => self.take_record(range)?,
             Event::CloseRecords => self.out.push(b']'),
             Event::CloseObject => {
                 self.levels.pop();
@@ -289,40 +313,53 @@ impl<'v> Redactor<'v> {
         Ok(())
     }
 
-    fn subject_of(&self, record: &Value) -> Result<String, RedactError> {
-        let in_record = |path: &[Box<str>]| apply::subject_id(record, path);
-        match self.subject {
-            SubjectAt::Param(_) => self
-                .path_subject
-                .map(str::to_owned)
-                .ok_or(RedactError::NoSubject),
-            SubjectAt::Field(path) => in_record(path).ok_or(RedactError::NoSubject),
-            SubjectAt::ParamAndField(_, path) => {
-                let id = in_record(path).ok_or(RedactError::NoSubject)?;
+    /// Validates a record, writes it with the purpose's view into the pending output, and
+    /// queues it for its subject's decision.
+    fn take_record(&mut self, range: Range<usize>) -> Result<(), RedactError> {
+        let raw = self.framer.slice(range.clone());
+        let path = match self.subject {
+            SubjectAt::Param(_) => None,
+            SubjectAt::Field(path) | SubjectAt::ParamAndField(_, path) => Some(path.as_slice()),
+        };
+        let start = self.pending_out.len();
+        let scanned = self
+            .scanner
+            .scan(
+                raw,
+                true,
+                Some(&self.view.record),
+                path,
+                &mut self.pending_out,
+            )
+            .map_err(unreadable)?;
+        if scanned.end != raw.len() {
+            return Err(FrameError::Malformed.into());
+        }
+        let in_record = scanned
+            .subject
+            .and_then(|span| raw.get(span))
+            .and_then(scan::subject_text);
+        let subject = match self.subject {
+            SubjectAt::Param(_) => self.path_subject.ok_or(RedactError::NoSubject)?,
+            SubjectAt::Field(_) => in_record.as_deref().ok_or(RedactError::NoSubject)?,
+            SubjectAt::ParamAndField(..) => {
+                let id = in_record.as_deref().ok_or(RedactError::NoSubject)?;
                 // A CRM may answer a lookup with a merged or aliased record: the subject the
                 // client asked for must be the one whose data comes back.
-                if self.path_subject != Some(id.as_str()) {
+                if self.path_subject != Some(id) {
                     return Err(RedactError::SubjectMismatch);
                 }
-                Ok(id)
+                id
             }
-        }
-    }
-
-    fn write_record(&mut self, plan: &ValuePlan, record: &Value) {
-        let mark = self.out.len();
-        if !self.single && !self.first_record {
-            self.out.push(b',');
-        }
-        if apply::write_value(plan, record, &mut self.out) {
-            self.first_record = false;
-        } else if self.single {
-            // A single record the plan drops entirely is still an answer: an empty object.
-            self.out.truncate(mark);
-            self.out.extend_from_slice(b"{}");
-        } else {
-            self.out.truncate(mark);
-        }
+        };
+        let from = self.subjects.len();
+        self.subjects.push_str(subject);
+        self.pending.push(Pending {
+            raw: range,
+            subject: from..self.subjects.len(),
+            out: scanned.written.then_some(start..self.pending_out.len()),
+        });
+        Ok(())
     }
 
     /// Writes a comma unless this is the first member of the current level; returns whether
@@ -340,12 +377,34 @@ impl<'v> Redactor<'v> {
     }
 }
 
-/// Parses one complete value and checks it (duplicate keys, depth).
-fn parse(raw: &[u8], max_depth: usize) -> Result<Value, RedactError> {
-    let value: Value = sonic_rs::from_slice(raw).map_err(|_| FrameError::Malformed)?;
-    apply::check(&value, max_depth).map_err(|e| match e {
-        apply::Unreadable::DuplicateKey => FrameError::DuplicateKey,
-        apply::Unreadable::TooDeep => FrameError::TooDeep,
-    })?;
-    Ok(value)
+/// Writes one record's output (`None`: the plan dropped it entirely) into a list or as the
+/// single body.
+fn write_record(out: &mut Vec<u8>, single: bool, first: &mut bool, written: Option<&[u8]>) {
+    match written {
+        Some(bytes) => {
+            if !single && !*first {
+                out.push(b',');
+            }
+            out.extend_from_slice(bytes);
+            *first = false;
+        }
+        // A single record the plan drops entirely is still an answer: an empty object.
+        None if single => out.extend_from_slice(b"{}"),
+        None => {}
+    }
+}
+
+/// Writes `"key":`, escaped.
+fn write_key(key: &str, out: &mut Vec<u8>) {
+    super::transform::write_str(key, out);
+    out.push(b':');
+}
+
+fn unreadable(e: ScanError) -> RedactError {
+    RedactError::Unreadable(match e {
+        // The framer hands over complete values only: one that still ends early is malformed.
+        ScanError::Incomplete | ScanError::Malformed => FrameError::Malformed,
+        ScanError::DuplicateKey => FrameError::DuplicateKey,
+        ScanError::TooDeep => FrameError::TooDeep,
+    })
 }

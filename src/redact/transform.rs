@@ -3,23 +3,35 @@
 //! A transform never returns the original value of a type it does not fit: such a value becomes
 //! `null`.
 
+use std::borrow::Cow;
+
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use sonic_rs::{JsonType, JsonValueTrait, Value};
 
 use crate::policy::compiled::Transform;
 
+/// A value as transforms see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scalar<'a> {
+    /// A string, unescaped.
+    Str(Cow<'a, str>),
+    /// A number, as its source text.
+    Num(&'a str),
+    /// An object, array, boolean or null.
+    Other,
+}
+
 /// Writes the transformed `value` to `out` as JSON.
-pub fn write(transform: &Transform, value: &Value, out: &mut Vec<u8>) {
+pub fn write(transform: &Transform, value: &Scalar<'_>, out: &mut Vec<u8>) {
     match transform {
         Transform::Null => out.extend_from_slice(b"null"),
         Transform::Constant(json) => out.extend_from_slice(json.as_bytes()),
         Transform::Mask { first, last, with } => match text_of(value) {
-            Some(text) => write_str(&mask(&text, *first, *last, *with), out),
+            Some(text) => write_str(&mask(text, *first, *last, *with), out),
             None => out.extend_from_slice(b"null"),
         },
         Transform::Hash { key } => match text_of(value) {
-            Some(text) => write_str(&pseudonym(key, &text), out),
+            Some(text) => write_str(&pseudonym(key, text), out),
             None => out.extend_from_slice(b"null"),
         },
         Transform::DateToYear => write_date_prefix(value, 4, out),
@@ -36,19 +48,41 @@ pub fn write(transform: &Transform, value: &Value, out: &mut Vec<u8>) {
 }
 
 /// The text a transform works on: a string's contents or a number's digits.
-fn text_of(value: &Value) -> Option<String> {
-    match value.get_type() {
-        JsonType::String => value.as_str().map(str::to_owned),
-        JsonType::Number => sonic_rs::to_string(value).ok(),
-        _ => None,
+fn text_of<'a>(value: &'a Scalar<'_>) -> Option<&'a str> {
+    match value {
+        Scalar::Str(s) => Some(s),
+        Scalar::Num(n) => Some(n),
+        Scalar::Other => None,
     }
 }
 
-fn write_str(text: &str, out: &mut Vec<u8>) {
-    // INVARIANT: serialising a &str cannot fail; on the impossible error nothing personal leaks.
-    if sonic_rs::to_writer(&mut *out, text).is_err() {
-        out.extend_from_slice(b"null");
+/// Writes `text` as a JSON string.
+pub fn write_str(text: &str, out: &mut Vec<u8>) {
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    let mut plain = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(text.as_bytes().get(plain..i).unwrap_or_default());
+        if escape.is_empty() {
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else {
+            out.extend_from_slice(escape);
+        }
+        plain = i + 1;
     }
+    out.extend_from_slice(text.as_bytes().get(plain..).unwrap_or_default());
+    out.push(b'"');
 }
 
 /// Keeps the first `first` and last `last` characters, replacing the others with `with`. A text
@@ -81,8 +115,12 @@ pub fn pseudonym(key: &[u8], text: &str) -> String {
 }
 
 /// `YYYY` (len 4) or `YYYY-MM` (len 7) of an ISO 8601 date; anything else becomes null.
-fn write_date_prefix(value: &Value, len: usize, out: &mut Vec<u8>) {
-    let prefix = value.as_str().and_then(|s| s.get(..len)).filter(|p| {
+fn write_date_prefix(value: &Scalar<'_>, len: usize, out: &mut Vec<u8>) {
+    let text = match value {
+        Scalar::Str(s) => Some(&**s),
+        _ => None,
+    };
+    let prefix = text.and_then(|s| s.get(..len)).filter(|p| {
         p.bytes().enumerate().all(|(i, b)| {
             if i == 4 {
                 b == b'-'
@@ -99,17 +137,20 @@ fn write_date_prefix(value: &Value, len: usize, out: &mut Vec<u8>) {
 
 /// The range `"lo-hi"` of width `width` that holds a number, e.g. 1234 in width 1000 is
 /// `"1000-1999"`. Integers beyond i64 and non-finite values become null.
-fn range(value: &Value, width: u64) -> Option<String> {
+fn range(value: &Scalar<'_>, width: u64) -> Option<String> {
     if width == 0 {
         return None;
     }
+    let Scalar::Num(text) = value else {
+        return None;
+    };
     let w = i128::from(width);
-    let n: i128 = if let Some(i) = value.as_i64() {
+    let n: i128 = if let Ok(i) = text.parse::<i64>() {
         i128::from(i)
-    } else if let Some(u) = value.as_u64() {
+    } else if let Ok(u) = text.parse::<u64>() {
         i128::from(u)
     } else {
-        let f = value.as_f64()?;
+        let f: f64 = text.parse().ok()?;
         if !f.is_finite() || f.abs() > 9.0e18 {
             return None;
         }
@@ -129,10 +170,38 @@ mod tests {
     use super::*;
 
     fn run(t: Transform, json: &str) -> String {
-        let v: Value = sonic_rs::from_str(json).unwrap();
+        let v = if let Some(s) = json.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            Scalar::Str(Cow::Owned(
+                crate::redact::scan::unescape(s.as_bytes()).unwrap(),
+            ))
+        } else if json.starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
+            Scalar::Num(json)
+        } else {
+            Scalar::Other
+        };
         let mut out = Vec::new();
         write(&t, &v, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strings_are_escaped_like_serde_json() {
+        for text in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "new\nline\t\r",
+            "ctl\u{1}\u{8}\u{c}\u{1f}",
+            "é ☃ 🦀",
+            "</script>",
+        ] {
+            let mut out = Vec::new();
+            write_str(text, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(text).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,701 @@
+//! One pass over one JSON value: validate it completely and, at the same time, write it
+//! through a [`ValuePlan`].
+//!
+//! The scanner is the engine's parser. It reads bytes, never builds a tree, never allocates on
+//! the common path, and copies kept values byte for byte (their validity checked on the way).
+//! It accepts exactly RFC 8259 JSON: no comments, no trailing commas, no NaN, no control
+//! characters or invalid UTF-8 in strings, no lone surrogates in escapes; and it refuses an
+//! object holding a key twice (compared after unescaping) and nesting deeper than the limit.
+//! A value that ends before its input does is reported as [`ScanError::Incomplete`] so the
+//! caller can wait for more bytes.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::ops::Range;
+
+use crate::policy::compiled::{ObjectPlan, ValuePlan};
+
+use super::transform::{self, Scalar};
+
+/// Why a value could not be scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanError {
+    /// The input ended inside the value.
+    Incomplete,
+    /// Not JSON.
+    Malformed,
+    /// An object holds the same key twice.
+    DuplicateKey,
+    /// Nested deeper than the limit.
+    TooDeep,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scanned {
+    /// Offset just past the value.
+    pub end: usize,
+    /// Raw span of the value at the subject path, if the path was given and found.
+    pub subject: Option<Range<usize>>,
+    /// True when the plan wrote something (false: the value is dropped).
+    pub written: bool,
+}
+
+/// Keys objects above allow before their duplicate check switches from pairwise comparison to
+/// a hash set.
+const PAIRWISE_KEYS: usize = 24;
+
+/// A reusable scanner; holds scratch space so that scans do not allocate.
+#[derive(Debug)]
+pub struct Scanner {
+    max_depth: usize,
+    /// Keys of the objects being scanned, innermost last.
+    keys: Vec<Key>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+/// The plan in force at a value: a plan, or none (validate only).
+type Plan<'p> = Option<&'p ValuePlan>;
+
+impl Scanner {
+    /// A scanner refusing nesting deeper than `max_depth`.
+    pub fn new(max_depth: usize) -> Self {
+        Self {
+            max_depth,
+            keys: Vec::with_capacity(64),
+        }
+    }
+
+    /// Scans the value at the start of `input` (leading whitespace allowed), writing it
+    /// through `plan` to `out` (`None`: validate only). `subject`: a key path whose value's
+    /// span to report. `complete`: the input ends where the value ends (a number running to
+    /// the end is then whole, not cut short). On error, `out` may hold a partial write: the
+    /// caller truncates.
+    pub fn scan(
+        &mut self,
+        input: &[u8],
+        complete: bool,
+        plan: Plan<'_>,
+        subject: Option<&[Box<str>]>,
+        out: &mut Vec<u8>,
+    ) -> Result<Scanned, ScanError> {
+        self.keys.clear();
+        let mut cx = Cx {
+            input,
+            pos: 0,
+            subject: None,
+            complete,
+        };
+        let written = self.value(&mut cx, plan, subject, 0, out)?;
+        Ok(Scanned {
+            end: cx.pos,
+            subject: cx.subject,
+            written,
+        })
+    }
+
+    fn value(
+        &mut self,
+        cx: &mut Cx<'_>,
+        plan: Plan<'_>,
+        subject: Option<&[Box<str>]>,
+        depth: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, ScanError> {
+        let byte = cx.skip_ws()?;
+        let start = cx.pos;
+        let written = match plan {
+            None | Some(ValuePlan::Drop) => {
+                self.skip(cx, byte, subject, depth)?;
+                false
+            }
+            Some(ValuePlan::Keep) => {
+                self.skip(cx, byte, subject, depth)?;
+                out.extend_from_slice(cx.input.get(start..cx.pos).ok_or(ScanError::Malformed)?);
+                true
+            }
+            Some(ValuePlan::Transform(t)) => {
+                let scalar = match byte {
+                    b'"' => {
+                        let (raw, escaped) = cx.string()?;
+                        Scalar::Str(text_of(raw, escaped)?)
+                    }
+                    b'-' | b'0'..=b'9' => {
+                        let raw = cx.number()?;
+                        Scalar::Num(std::str::from_utf8(raw).map_err(|_| ScanError::Malformed)?)
+                    }
+                    _ => {
+                        self.skip(cx, byte, subject, depth)?;
+                        Scalar::Other
+                    }
+                };
+                transform::write(t, &scalar, out);
+                true
+            }
+            Some(ValuePlan::Object(members)) if byte == b'{' => {
+                self.object(cx, Some(members), subject, depth, out)?;
+                true
+            }
+            Some(ValuePlan::Array(items)) if byte == b'[' => {
+                self.array(cx, Some(items), subject, depth, out)?;
+                true
+            }
+            // A value of another shape than the plan expects carries unknown data: dropped.
+            Some(ValuePlan::Object(_) | ValuePlan::Array(_)) => {
+                self.skip(cx, byte, subject, depth)?;
+                false
+            }
+        };
+        if subject.is_some_and(<[Box<str>]>::is_empty) {
+            cx.subject = Some(start..cx.pos);
+        }
+        Ok(written)
+    }
+
+    /// Validates a value without writing it.
+    fn skip(
+        &mut self,
+        cx: &mut Cx<'_>,
+        byte: u8,
+        subject: Option<&[Box<str>]>,
+        depth: usize,
+    ) -> Result<(), ScanError> {
+        match byte {
+            b'{' => self.object_skip(cx, subject, depth),
+            b'[' => self.array(cx, None, None, depth, &mut Vec::new()),
+            b'"' => cx.string().map(|_| ()),
+            b'-' | b'0'..=b'9' => cx.number().map(|_| ()),
+            b't' => cx.literal(b"true"),
+            b'f' => cx.literal(b"false"),
+            b'n' => cx.literal(b"null"),
+            _ => Err(ScanError::Malformed),
+        }
+    }
+
+    fn object_skip(
+        &mut self,
+        cx: &mut Cx<'_>,
+        subject: Option<&[Box<str>]>,
+        depth: usize,
+    ) -> Result<(), ScanError> {
+        self.object(cx, None, subject, depth, &mut Vec::new())
+    }
+
+    /// An object at `cx.pos` (on its `{`): members written through `plan` (`None`: validate
+    /// only).
+    fn object<'i>(
+        &mut self,
+        cx: &mut Cx<'i>,
+        plan: Option<&ObjectPlan>,
+        subject: Option<&[Box<str>]>,
+        depth: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ScanError> {
+        if depth >= self.max_depth {
+            return Err(ScanError::TooDeep);
+        }
+        cx.pos += 1;
+        if plan.is_some() {
+            out.push(b'{');
+        }
+        let keys_from = self.keys.len();
+        let mut set: Option<HashSet<Cow<'i, [u8]>>> = None;
+        let mut first_out = true;
+        let mut byte = cx.skip_ws()?;
+        if byte == b'}' {
+            cx.pos += 1;
+            if plan.is_some() {
+                out.push(b'}');
+            }
+            return Ok(());
+        }
+        loop {
+            if byte != b'"' {
+                return Err(ScanError::Malformed);
+            }
+            let key_start = cx.pos + 1;
+            let (raw, escaped) = cx.string()?;
+            let key = Key {
+                start: key_start,
+                end: key_start + raw.len(),
+                escaped,
+            };
+            self.check_duplicate(cx.input, key, keys_from, &mut set)?;
+            self.keys.push(key);
+            if cx.skip_ws()? != b':' {
+                return Err(ScanError::Malformed);
+            }
+            cx.pos += 1;
+            let name = if escaped {
+                Cow::Owned(unescape(raw)?)
+            } else {
+                Cow::Borrowed(std::str::from_utf8(raw).map_err(|_| ScanError::Malformed)?)
+            };
+            let member_subject = match subject {
+                Some([head, rest @ ..]) if **head == *name => Some(rest),
+                _ => None,
+            };
+            match plan.and_then(|p| p.member(&name)) {
+                None | Some(ValuePlan::Drop) => {
+                    self.value(cx, None, member_subject, depth + 1, out)?;
+                }
+                Some(member) => {
+                    let mark = out.len();
+                    if !first_out {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(raw);
+                    out.extend_from_slice(b"\":");
+                    if self.value(cx, Some(member), member_subject, depth + 1, out)? {
+                        first_out = false;
+                    } else {
+                        out.truncate(mark);
+                    }
+                }
+            }
+            match cx.skip_ws()? {
+                b',' => {
+                    cx.pos += 1;
+                    byte = cx.skip_ws()?;
+                }
+                b'}' => {
+                    cx.pos += 1;
+                    break;
+                }
+                _ => return Err(ScanError::Malformed),
+            }
+        }
+        self.keys.truncate(keys_from);
+        if plan.is_some() {
+            out.push(b'}');
+        }
+        Ok(())
+    }
+
+    /// An array at `cx.pos` (on its `[`): elements written through `plan` (`None`: validate
+    /// only).
+    fn array(
+        &mut self,
+        cx: &mut Cx<'_>,
+        plan: Option<&ValuePlan>,
+        _subject: Option<&[Box<str>]>,
+        depth: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ScanError> {
+        if depth >= self.max_depth {
+            return Err(ScanError::TooDeep);
+        }
+        cx.pos += 1;
+        if plan.is_some() {
+            out.push(b'[');
+        }
+        let mut first_out = true;
+        if cx.skip_ws()? == b']' {
+            cx.pos += 1;
+        } else {
+            loop {
+                match plan {
+                    None => {
+                        self.value(cx, None, None, depth + 1, out)?;
+                    }
+                    Some(item) => {
+                        let mark = out.len();
+                        if !first_out {
+                            out.push(b',');
+                        }
+                        if self.value(cx, Some(item), None, depth + 1, out)? {
+                            first_out = false;
+                        } else {
+                            out.truncate(mark);
+                        }
+                    }
+                }
+                match cx.skip_ws()? {
+                    b',' => cx.pos += 1,
+                    b']' => {
+                        cx.pos += 1;
+                        break;
+                    }
+                    _ => return Err(ScanError::Malformed),
+                }
+            }
+        }
+        if plan.is_some() {
+            out.push(b']');
+        }
+        Ok(())
+    }
+
+    /// Refuses `key` if the object whose keys start at `from` already holds it.
+    fn check_duplicate<'i>(
+        &self,
+        input: &'i [u8],
+        key: Key,
+        from: usize,
+        set: &mut Option<HashSet<Cow<'i, [u8]>>>,
+    ) -> Result<(), ScanError> {
+        let earlier = self.keys.get(from..).unwrap_or_default();
+        let bytes = |k: &Key| input.get(k.start..k.end).unwrap_or_default();
+        let unescaped = |k: &Key| -> Result<Cow<'i, [u8]>, ScanError> {
+            let raw = input.get(k.start..k.end).unwrap_or_default();
+            Ok(if k.escaped {
+                Cow::Owned(unescape(raw)?.into_bytes())
+            } else {
+                Cow::Borrowed(raw)
+            })
+        };
+        if let Some(set) = set {
+            return if set.insert(unescaped(&key)?) {
+                Ok(())
+            } else {
+                Err(ScanError::DuplicateKey)
+            };
+        }
+        if earlier.len() >= PAIRWISE_KEYS {
+            let mut s = HashSet::with_capacity(earlier.len() * 2);
+            for k in earlier {
+                s.insert(unescaped(k)?);
+            }
+            let fresh = s.insert(unescaped(&key)?);
+            *set = Some(s);
+            return if fresh {
+                Ok(())
+            } else {
+                Err(ScanError::DuplicateKey)
+            };
+        }
+        let this = bytes(&key);
+        for k in earlier {
+            let same = if !k.escaped && !key.escaped {
+                bytes(k) == this
+            } else {
+                unescaped(k)? == unescaped(&key)?
+            };
+            if same {
+                return Err(ScanError::DuplicateKey);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cursor over the input of one scan.
+struct Cx<'i> {
+    input: &'i [u8],
+    pos: usize,
+    subject: Option<Range<usize>>,
+    complete: bool,
+}
+
+impl<'i> Cx<'i> {
+    /// Skips whitespace; returns the next byte without consuming it.
+    fn skip_ws(&mut self) -> Result<u8, ScanError> {
+        while let Some(&b) = self.input.get(self.pos) {
+            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                self.pos += 1;
+            } else {
+                return Ok(b);
+            }
+        }
+        Err(ScanError::Incomplete)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
+        let end = self.pos + word.len();
+        match self.input.get(self.pos..end) {
+            Some(w) if w == word => {
+                self.pos = end;
+                Ok(())
+            }
+            Some(_) => Err(ScanError::Malformed),
+            None => {
+                let rest = self.input.get(self.pos..).unwrap_or_default();
+                if word.starts_with(rest) {
+                    Err(ScanError::Incomplete)
+                } else {
+                    Err(ScanError::Malformed)
+                }
+            }
+        }
+    }
+
+    /// A number at `pos`: its raw text. A number that reaches the end of the input is
+    /// incomplete (more digits may follow).
+    fn number(&mut self) -> Result<&'i [u8], ScanError> {
+        let input = self.input;
+        let start = self.pos;
+        let mut i = start;
+        let at = |i: usize| input.get(i).copied();
+        if at(i) == Some(b'-') {
+            i += 1;
+        }
+        match at(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                while matches!(at(i), Some(b'0'..=b'9')) {
+                    i += 1;
+                }
+            }
+            None if !self.complete => return Err(ScanError::Incomplete),
+            None | Some(_) => return Err(ScanError::Malformed),
+        }
+        if at(i) == Some(b'.') {
+            i += 1;
+            let digits = i;
+            while matches!(at(i), Some(b'0'..=b'9')) {
+                i += 1;
+            }
+            if i == digits {
+                return Err(if at(i).is_none() && !self.complete {
+                    ScanError::Incomplete
+                } else {
+                    ScanError::Malformed
+                });
+            }
+        }
+        if matches!(at(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(at(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let digits = i;
+            while matches!(at(i), Some(b'0'..=b'9')) {
+                i += 1;
+            }
+            if i == digits {
+                return Err(if at(i).is_none() && !self.complete {
+                    ScanError::Incomplete
+                } else {
+                    ScanError::Malformed
+                });
+            }
+        }
+        match at(i) {
+            None if !self.complete => Err(ScanError::Incomplete),
+            None => {
+                self.pos = i;
+                input.get(start..i).ok_or(ScanError::Malformed)
+            }
+            // A number runs into a letter or another number part: not JSON.
+            Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-' | b'a'..=b'z' | b'A'..=b'Z') => {
+                Err(ScanError::Malformed)
+            }
+            Some(_) => {
+                self.pos = i;
+                input.get(start..i).ok_or(ScanError::Malformed)
+            }
+        }
+    }
+
+    /// A string at `pos` (on its opening quote): its raw contents between the quotes, and
+    /// whether they hold escapes. Escapes, control characters and UTF-8 are validated.
+    fn string(&mut self) -> Result<(&'i [u8], bool), ScanError> {
+        let input = self.input;
+        let start = self.pos + 1;
+        let mut i = start;
+        let mut escaped = false;
+        let mut ascii = true;
+        loop {
+            // Eight bytes at a time while none of them is special.
+            while let Some(chunk) = input.get(i..i + 8) {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(chunk);
+                let w = u64::from_le_bytes(word);
+                if special(w) {
+                    break;
+                }
+                if w & HIGH != 0 {
+                    ascii = false;
+                }
+                i += 8;
+            }
+            let Some(&b) = input.get(i) else {
+                return Err(ScanError::Incomplete);
+            };
+            match b {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i = escape(input, i)?;
+                }
+                0..=0x1f => return Err(ScanError::Malformed),
+                0x80.. => {
+                    ascii = false;
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        let raw = input.get(start..i).ok_or(ScanError::Malformed)?;
+        if !ascii && std::str::from_utf8(raw).is_err() {
+            return Err(ScanError::Malformed);
+        }
+        self.pos = i + 1;
+        Ok((raw, escaped))
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// True if a byte of `w` is `"`, `\` or a control character.
+fn special(w: u64) -> bool {
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+    // Bytes below 0x20 (the high bit of bytes >= 0x80 is masked out by `!w`).
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    quote | backslash | control != 0
+}
+
+/// Validates the escape at `i` (on its backslash); returns the offset after it.
+fn escape(input: &[u8], i: usize) -> Result<usize, ScanError> {
+    let Some(&kind) = input.get(i + 1) else {
+        return Err(ScanError::Incomplete);
+    };
+    match kind {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(i + 2),
+        b'u' => {
+            let unit = hex4(input, i + 2)?;
+            match unit {
+                0xD800..=0xDBFF => {
+                    // A high surrogate must be followed by an escaped low one.
+                    match input.get(i + 6..i + 8) {
+                        Some(b"\\u") => {}
+                        Some(_) => return Err(ScanError::Malformed),
+                        None => {
+                            return match input.get(i + 6) {
+                                None | Some(b'\\') => Err(ScanError::Incomplete),
+                                Some(_) => Err(ScanError::Malformed),
+                            };
+                        }
+                    }
+                    let low = hex4(input, i + 8)?;
+                    if (0xDC00..=0xDFFF).contains(&low) {
+                        Ok(i + 12)
+                    } else {
+                        Err(ScanError::Malformed)
+                    }
+                }
+                0xDC00..=0xDFFF => Err(ScanError::Malformed),
+                _ => Ok(i + 6),
+            }
+        }
+        _ => Err(ScanError::Malformed),
+    }
+}
+
+fn hex4(input: &[u8], at: usize) -> Result<u32, ScanError> {
+    let mut unit = 0u32;
+    for k in 0..4 {
+        let Some(&h) = input.get(at + k) else {
+            return Err(ScanError::Incomplete);
+        };
+        let digit = char::from(h).to_digit(16).ok_or(ScanError::Malformed)?;
+        unit = unit * 16 + digit;
+    }
+    Ok(unit)
+}
+
+/// The text of a validated string's raw contents.
+fn text_of(raw: &[u8], escaped: bool) -> Result<Cow<'_, str>, ScanError> {
+    if escaped {
+        Ok(Cow::Owned(unescape(raw)?))
+    } else {
+        std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| ScanError::Malformed)
+    }
+}
+
+/// Unescapes a string's raw contents (already validated).
+pub fn unescape(raw: &[u8]) -> Result<String, ScanError> {
+    let mut out = String::with_capacity(raw.len());
+    let text = std::str::from_utf8(raw).map_err(|_| ScanError::Malformed)?;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let Some((_, kind)) = chars.next() else {
+            return Err(ScanError::Malformed);
+        };
+        let plain = match kind {
+            '"' => '"',
+            '\\' => '\\',
+            '/' => '/',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'u' => {
+                let unit = hex4(raw, i + 2)?;
+                for _ in 0..4 {
+                    chars.next();
+                }
+                let code = if (0xD800..=0xDBFF).contains(&unit) {
+                    let low = hex4(raw, i + 8)?;
+                    for _ in 0..6 {
+                        chars.next();
+                    }
+                    0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00)
+                } else {
+                    unit
+                };
+                char::from_u32(code).ok_or(ScanError::Malformed)?
+            }
+            _ => return Err(ScanError::Malformed),
+        };
+        out.push(plain);
+    }
+    Ok(out)
+}
+
+/// The text of a complete JSON string (quotes included), validated; `None` if it is not one.
+pub fn string_text(raw: &[u8]) -> Option<String> {
+    let mut cx = Cx {
+        input: raw,
+        pos: 0,
+        subject: None,
+        complete: true,
+    };
+    if raw.first() != Some(&b'"') {
+        return None;
+    }
+    let (inner, escaped) = cx.string().ok()?;
+    if cx.pos != raw.len() {
+        return None;
+    }
+    text_of(inner, escaped).ok().map(Cow::into_owned)
+}
+
+/// The subject id in a raw value span: a string's text, or an integer's digits.
+pub fn subject_text(raw: &[u8]) -> Option<Cow<'_, str>> {
+    match raw.first() {
+        Some(b'"') => {
+            let inner = raw.get(1..raw.len().saturating_sub(1))?;
+            let text = text_of(inner, inner.contains(&b'\\')).ok()?;
+            (!text.is_empty()).then_some(text)
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            let digits = raw.strip_prefix(b"-").unwrap_or(raw);
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(raw).ok().map(Cow::Borrowed)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+use super::*;
+use crate::policy::compiled::Transform;
+
+fn validate(input: &str) -> Result<usize, ScanError> {
+    Scanner::new(16)
+        .scan(input.as_bytes(), false, None, None, &mut Vec::new())
+        .map(|s| s.end)
+}
+
+/// A complete document: the value, then only whitespace.
+fn accepts(input: &str) -> bool {
+    let padded = format!("{input} ");
+    match validate(&padded) {
+        Ok(end) => padded
+            .as_bytes()
+            .get(end..)
+            .unwrap()
+            .iter()
+            .all(u8::is_ascii_whitespace),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn accepts_exactly_what_serde_json_accepts() {
+    let cases = [
+        r#"{"a":1}"#,
+        r#"{"a":[1,2,{"b":null}],"c":true,"d":false}"#,
+        r#"  { "a" : "x" , "b" : [ ] , "c" : { } }  "#,
+        r#""\u00e9\ud83e\udd80\n\t\"\\\/""#,
+        "\"é☃🦀\"",
+        "-0",
+        "0.5e-10",
+        "1E+2",
+        "123456789012345678901234567890",
+        r#"{"a":01}"#,
+        r#"{"a":1.}"#,
+        r#"{"a":.5}"#,
+        r#"{"a":-}"#,
+        r#"{"a":1e}"#,
+        r#"{"a":+1}"#,
+        r#"{"a":NaN}"#,
+        r#"{"a":Infinity}"#,
+        r#"{"a":tru}"#,
+        r#"{"a":nul}"#,
+        r#"{"a":"\x"}"#,
+        r#"{"a":"\u12"}"#,
+        r#"{"a":"\ud800"}"#,
+        r#"{"a":"\udc00"}"#,
+        r#"{"a":"\ud800\u0041"}"#,
+        "{\"a\":\"tab\there\"}",
+        "{\"a\":\"nl\nhere\"}",
+        r#"{"a":1,}"#,
+        r#"[1,]"#,
+        r#"{,}"#,
+        r#"{"a" 1}"#,
+        r#"{"a":1 "b":2}"#,
+        r#"{1:2}"#,
+        r#"'a'"#,
+        r#"{"a":[1 2]}"#,
+        "{\"a\":1}}",
+    ];
+    for case in cases {
+        let want = serde_json::from_str::<serde_json::Value>(case).is_ok();
+        assert_eq!(accepts(case), want, "{case}");
+    }
+}
+
+#[test]
+fn refuses_invalid_utf8_in_strings() {
+    for bytes in [
+        &b"\"\xff\""[..],
+        b"\"\xc0\xae\"",
+        b"\"\xed\xa0\x80\"",
+        b"{\"\xe9\":1}",
+    ] {
+        let got = Scanner::new(8).scan(bytes, false, None, None, &mut Vec::new());
+        assert_eq!(got.map(|s| s.end), Err(ScanError::Malformed), "{bytes:?}");
+    }
+}
+
+#[test]
+fn every_prefix_of_a_value_is_incomplete_never_wrong() {
+    let doc = r#"{"id":"10\u00e9","n":-12.5e+3,"t":true,"a":[null,{"x":"\ud83e\udd80"}]}"#;
+    for cut in 0..doc.len() {
+        let prefix = &doc.as_bytes()[..cut];
+        let got = Scanner::new(8).scan(prefix, false, None, None, &mut Vec::new());
+        assert_eq!(
+            got.map(|s| s.end),
+            Err(ScanError::Incomplete),
+            "cut at {cut}"
+        );
+    }
+    assert_eq!(validate(doc), Ok(doc.len()));
+}
+
+#[test]
+fn duplicate_keys_are_found_escaped_or_not_small_or_large() {
+    assert_eq!(validate(r#"{"a":1,"a":2}"#), Err(ScanError::DuplicateKey));
+    assert_eq!(
+        validate(r#"{"a":1,"\u0061":2}"#),
+        Err(ScanError::DuplicateKey)
+    );
+    assert!(validate(r#"{"a":{"b":1},"c":{"b":1}}"#).is_ok());
+    assert!(validate(r#"[{"a":1},{"a":1}]"#).is_ok());
+    let many: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+    let ok = format!("{{{}}}", many.join(","));
+    assert!(validate(&ok).is_ok());
+    let dup = format!("{{{},\"k\\u0035\":1}}", many.join(","));
+    assert_eq!(validate(&dup), Err(ScanError::DuplicateKey));
+}
+
+#[test]
+fn depth_is_bounded() {
+    let deep = format!("{}{}", "[".repeat(17), "]".repeat(17));
+    assert_eq!(validate(&deep), Err(ScanError::TooDeep));
+    let ok = format!("{}{}", "[".repeat(16), "]".repeat(16));
+    assert!(validate(&ok).is_ok());
+}
+
+fn plan_keep(fields: &[&str]) -> ValuePlan {
+    let mut fields: Vec<(Box<str>, ValuePlan)> = fields
+        .iter()
+        .map(|f| ((*f).into(), ValuePlan::Keep))
+        .collect();
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    ValuePlan::Object(ObjectPlan {
+        fields,
+        others: None,
+    })
+}
+
+fn write(input: &str, plan: &ValuePlan, subject: Option<&[Box<str>]>) -> (String, Option<String>) {
+    let mut out = Vec::new();
+    let s = Scanner::new(16)
+        .scan(input.as_bytes(), true, Some(plan), subject, &mut out)
+        .unwrap();
+    let subject = s
+        .subject
+        .map(|r| subject_text(&input.as_bytes()[r]).unwrap().into_owned());
+    (String::from_utf8(out).unwrap(), subject)
+}
+
+#[test]
+fn writes_kept_members_byte_for_byte_and_drops_the_rest() {
+    let plan = plan_keep(&["id", "name", "tags"]);
+    let path: Vec<Box<str>> = vec!["id".into()];
+    let (out, subject) = write(
+        r#"{"id": "7", "secret":{"x":"s3cr3t"}, "name":"A\u00e9", "tags":[1, 2.50]}"#,
+        &plan,
+        Some(&path),
+    );
+    assert_eq!(out, r#"{"id":"7","name":"A\u00e9","tags":[1, 2.50]}"#);
+    assert_eq!(subject.as_deref(), Some("7"));
+}
+
+#[test]
+fn escaped_keys_match_their_plan_and_keep_their_spelling() {
+    let plan = plan_keep(&["health_notes"]);
+    let (out, _) = write(r#"{"health\u005fnotes":"x","other":1}"#, &plan, None);
+    assert_eq!(out, r#"{"health\u005fnotes":"x"}"#);
+    let plan = plan_keep(&["name"]);
+    let (out, _) = write(r#"{"health\u005fnotes":"x"}"#, &plan, None);
+    assert_eq!(out, "{}");
+}
+
+#[test]
+fn subjects_are_found_when_dropped_or_nested() {
+    let plan = plan_keep(&["name"]);
+    let path: Vec<Box<str>> = vec!["properties".into(), "hs_object_id".into()];
+    let (out, subject) = write(
+        r#"{"name":"a","properties":{"x":1,"hs_object_id":12345678901234567890123}}"#,
+        &plan,
+        Some(&path),
+    );
+    assert_eq!(out, r#"{"name":"a"}"#);
+    assert_eq!(subject.as_deref(), Some("12345678901234567890123"));
+    assert_eq!(subject_text(b"1.5"), None);
+    assert_eq!(subject_text(b"\"\""), None);
+    assert_eq!(subject_text(b"null"), None);
+    assert_eq!(subject_text(b"-0").as_deref(), Some("-0"));
+    assert_eq!(subject_text(br#""a\"b""#).as_deref(), Some("a\"b"));
+}
+
+#[test]
+fn shapes_other_than_planned_are_dropped_and_transforms_write_text() {
+    let plan = ValuePlan::Object(ObjectPlan {
+        fields: vec![
+            ("a".into(), plan_keep(&["x"])),
+            (
+                "p".into(),
+                ValuePlan::Transform(Transform::Mask {
+                    first: 0,
+                    last: 2,
+                    with: '*',
+                }),
+            ),
+        ],
+        others: None,
+    });
+    let (out, _) = write(r#"{"a":"not an object","p":"a\"bcd"}"#, &plan, None);
+    assert_eq!(out, r#"{"p":"***cd"}"#);
+    let (out, _) = write(r#"{"a":{"x":1,"y":2},"p":{"o":1}}"#, &plan, None);
+    assert_eq!(out, r#"{"a":{"x":1},"p":null}"#);
+}
+
+#[test]
+fn a_number_ending_a_complete_input_is_whole() {
+    let got = Scanner::new(4).scan(b"12", true, None, None, &mut Vec::new());
+    assert_eq!(got.map(|s| s.end), Ok(2));
+    let got = Scanner::new(4).scan(b"12", false, None, None, &mut Vec::new());
+    assert_eq!(got.map(|s| s.end), Err(ScanError::Incomplete));
+    let got = Scanner::new(4).scan(b"1.", true, None, None, &mut Vec::new());
+    assert_eq!(got.map(|s| s.end), Err(ScanError::Malformed));
+}
