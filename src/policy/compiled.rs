@@ -181,10 +181,26 @@ pub struct ObjectPlan {
 impl ObjectPlan {
     /// The plan for a member name (unescaped).
     pub fn member(&self, name: &str) -> Option<&ValuePlan> {
-        match self.fields.binary_search_by(|(k, _)| (**k).cmp(name)) {
-            Ok(i) => self.fields.get(i).map(|(_, p)| p),
-            Err(_) => self.others.as_deref(),
-        }
+        self.member_bytes(name.as_bytes())
+    }
+
+    /// The plan for a member name given as its unescaped UTF-8 bytes.
+    pub fn member_bytes(&self, name: &[u8]) -> Option<&ValuePlan> {
+        // Plans are small: a linear scan comparing lengths first beats a binary search of
+        // string comparisons up to a dozen members.
+        let found = if self.fields.len() <= 12 {
+            self.fields
+                .iter()
+                .find(|(k, _)| k.len() == name.len() && k.as_bytes() == name)
+                .map(|(_, p)| p)
+        } else {
+            self.fields
+                .binary_search_by(|(k, _)| k.as_bytes().cmp(name))
+                .ok()
+                .and_then(|i| self.fields.get(i))
+                .map(|(_, p)| p)
+        };
+        found.or(self.others.as_deref())
     }
 }
 

@@ -19,7 +19,12 @@ pub enum Event {
     OpenObject { key: String },
     /// The records array opened; `key` is `None` when the body itself is the array.
     OpenRecords { key: Option<String> },
-    /// One complete record.
+    /// A record starts at this offset: the caller scans it from [`Framer::tail`] and reports
+    /// with [`Framer::value_done`] or [`Framer::value_incomplete`].
+    RecordAt(usize),
+    /// The body (records at `$`) starts at this offset; reported on like [`Event::RecordAt`].
+    BodyAt(usize),
+    /// One complete record, cut out after [`Framer::value_incomplete`].
     Record(Range<usize>),
     /// The records array closed.
     CloseRecords,
@@ -64,6 +69,8 @@ enum State {
     Item { first: bool },
     /// After a record: expecting `,` or `]`.
     AfterItem,
+    /// A record or the body starts at `start`; waiting for the caller's report.
+    At { what: Cut, start: usize },
     /// Cutting out a value that started at `start`.
     Cut { what: Cut, scan: Scan },
     /// After the root value: only whitespace may follow.
@@ -134,14 +141,19 @@ impl Framer {
     pub fn push(&mut self, chunk: &[u8]) {
         let keep_from = match &self.state {
             State::Cut { scan, .. } => scan.start,
+            State::At { start, .. } => *start,
             _ => self.pos,
         };
         if keep_from > 0 {
             self.buf.drain(..keep_from);
             self.pos -= keep_from;
-            if let State::Cut { scan, .. } = &mut self.state {
-                scan.start -= keep_from;
-                scan.pos -= keep_from;
+            match &mut self.state {
+                State::Cut { scan, .. } => {
+                    scan.start -= keep_from;
+                    scan.pos -= keep_from;
+                }
+                State::At { start, .. } => *start -= keep_from,
+                _ => {}
             }
         }
         self.buf.extend_from_slice(chunk);
@@ -155,6 +167,43 @@ impl Framer {
     /// The bytes of a range handed out in an event.
     pub fn slice(&self, range: Range<usize>) -> &[u8] {
         self.buf.get(range).unwrap_or_default()
+    }
+
+    /// Everything buffered from `start` on (after [`Event::RecordAt`] or [`Event::BodyAt`]).
+    pub fn tail(&self, start: usize) -> &[u8] {
+        self.buf.get(start..).unwrap_or_default()
+    }
+
+    /// True once the end of the input was announced.
+    pub fn input_finished(&self) -> bool {
+        self.finished_input
+    }
+
+    /// The record or body announced at `start` was scanned whole and ends at `end`.
+    pub fn value_done(&mut self, end: usize) -> Result<(), FrameError> {
+        let State::At { what, start } = &self.state else {
+            return Err(FrameError::Malformed);
+        };
+        if end - start > self.max_value {
+            return Err(FrameError::ValueTooLarge);
+        }
+        self.pos = end;
+        self.state = match what {
+            Cut::Body => State::Done,
+            _ => State::AfterItem,
+        };
+        Ok(())
+    }
+
+    /// The record or body announced is not complete in the buffer yet: it will be cut out as
+    /// more input arrives, and handed over as [`Event::Record`] or [`Event::Body`].
+    pub fn value_incomplete(&mut self) -> Result<(), FrameError> {
+        let State::At { what, start } = std::mem::replace(&mut self.state, State::Root) else {
+            return Err(FrameError::Malformed);
+        };
+        self.pos = start;
+        self.start_cut(what);
+        Ok(())
     }
 
     /// The next event, or `None` when more input is needed.
@@ -182,8 +231,11 @@ impl Framer {
             match state {
                 State::Root => {
                     if self.single {
-                        self.start_cut(Cut::Body);
-                        continue;
+                        self.state = State::At {
+                            what: Cut::Body,
+                            start: self.pos,
+                        };
+                        return Ok(Some(Event::BodyAt(self.pos)));
                     }
                     self.pos += 1;
                     match (byte, self.path.is_empty()) {
@@ -264,7 +316,11 @@ impl Framer {
                         self.pos += 1;
                         return Ok(Some(self.close_records()));
                     }
-                    self.start_cut(Cut::Record);
+                    self.state = State::At {
+                        what: Cut::Record,
+                        start: self.pos,
+                    };
+                    return Ok(Some(Event::RecordAt(self.pos)));
                 }
                 State::AfterItem => match byte {
                     b',' => {
@@ -278,7 +334,9 @@ impl Framer {
                     _ => return Err(FrameError::Malformed),
                 },
                 State::Done => return Err(FrameError::Malformed),
-                State::Cut { .. } | State::Finished => return Err(FrameError::Malformed),
+                State::Cut { .. } | State::At { .. } | State::Finished => {
+                    return Err(FrameError::Malformed);
+                }
             }
         }
     }

@@ -58,6 +58,8 @@ struct Key {
     start: usize,
     end: usize,
     escaped: bool,
+    /// Length and first and last bytes of the unescaped key: keys whose tags differ differ.
+    tag: u64,
 }
 
 /// The plan in force at a value: a plan, or none (validate only).
@@ -221,10 +223,16 @@ impl Scanner {
             }
             let key_start = cx.pos + 1;
             let (raw, escaped) = cx.string()?;
+            let name: Cow<'_, [u8]> = if escaped {
+                Cow::Owned(unescape(raw)?.into_bytes())
+            } else {
+                Cow::Borrowed(raw)
+            };
             let key = Key {
                 start: key_start,
                 end: key_start + raw.len(),
                 escaped,
+                tag: tag_of(&name),
             };
             self.check_duplicate(cx.input, key, keys_from, &mut set)?;
             self.keys.push(key);
@@ -232,16 +240,11 @@ impl Scanner {
                 return Err(ScanError::Malformed);
             }
             cx.pos += 1;
-            let name = if escaped {
-                Cow::Owned(unescape(raw)?)
-            } else {
-                Cow::Borrowed(std::str::from_utf8(raw).map_err(|_| ScanError::Malformed)?)
-            };
             let member_subject = match subject {
-                Some([head, rest @ ..]) if **head == *name => Some(rest),
+                Some([head, rest @ ..]) if head.as_bytes() == &*name => Some(rest),
                 _ => None,
             };
-            match plan.and_then(|p| p.member(&name)) {
+            match plan.and_then(|p| p.member_bytes(&name)) {
                 None | Some(ValuePlan::Drop) => {
                     self.value(cx, None, member_subject, depth + 1, out)?;
                 }
@@ -373,6 +376,9 @@ impl Scanner {
         }
         let this = bytes(&key);
         for k in earlier {
+            if k.tag != key.tag {
+                continue;
+            }
             let same = if !k.escaped && !key.escaped {
                 bytes(k) == this
             } else {
@@ -503,16 +509,21 @@ impl<'i> Cx<'i> {
         let mut escaped = false;
         let mut ascii = true;
         loop {
-            // Eight bytes at a time while none of them is special.
-            while let Some(chunk) = input.get(i..i + 8) {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(chunk);
+            // Eight bytes at a time: jump straight to the first special byte of a word.
+            while let Some(word) = input
+                .get(i..i + 8)
+                .and_then(|c| <[u8; 8]>::try_from(c).ok())
+            {
                 let w = u64::from_le_bytes(word);
-                if special(w) {
-                    break;
-                }
                 if w & HIGH != 0 {
                     ascii = false;
+                }
+                let mask = special(w);
+                if mask != 0 {
+                    // INVARIANT: the lowest flagged byte is a true special byte (borrows only
+                    // flag bytes above it).
+                    i += (mask.trailing_zeros() / 8) as usize;
+                    break;
                 }
                 i += 8;
             }
@@ -545,14 +556,25 @@ impl<'i> Cx<'i> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// True if a byte of `w` is `"`, `\` or a control character.
-fn special(w: u64) -> bool {
+/// The high bit of each byte of `w` that is `"`, `\` or a control character; the lowest set
+/// bit is exact, bits above it may be spurious.
+fn special(w: u64) -> u64 {
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let quote = has_zero(w ^ (ONES * u64::from(b'"')));
     let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
     // Bytes below 0x20 (the high bit of bytes >= 0x80 is masked out by `!w`).
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    quote | backslash | control != 0
+    quote | backslash | control
+}
+
+/// A cheap fingerprint of a key: its length and its first and last bytes.
+fn tag_of(key: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    for (slot, b) in word.iter_mut().zip(key) {
+        *slot = *b;
+    }
+    let last = key.last().copied().unwrap_or_default();
+    u64::from_le_bytes(word) ^ ((key.len() as u64) << 48) ^ (u64::from(last) << 40).rotate_left(7)
 }
 
 /// Validates the escape at `i` (on its backslash); returns the offset after it.

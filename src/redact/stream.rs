@@ -232,7 +232,10 @@ impl<'v> Redactor<'v> {
             let Some(event) = self.framer.next_event()? else {
                 return Ok(());
             };
-            let is_record = matches!(event, Event::Record(_) | Event::Body(_));
+            let is_record = matches!(
+                event,
+                Event::Record(_) | Event::Body(_) | Event::RecordAt(_) | Event::BodyAt(_)
+            );
             if !is_record && !self.pending.is_empty() {
                 self.deferred = Some(event);
                 return Ok(());
@@ -302,7 +305,12 @@ impl<'v> Redactor<'v> {
                 self.out.push(b'[');
                 self.first_record = true;
             }
-            Event::Record(range) | Event::Body(range) => self.take_record(range)?,
+            Event::RecordAt(start) | Event::BodyAt(start) => self.take_record_at(start)?,
+            Event::Record(range) | Event::Body(range) => {
+                if !self.take_record(range, true)? {
+                    return Err(FrameError::Malformed.into());
+                }
+            }
             Event::CloseRecords => self.out.push(b']'),
             Event::CloseObject => {
                 self.levels.pop();
@@ -313,28 +321,53 @@ impl<'v> Redactor<'v> {
         Ok(())
     }
 
+    /// A record starts at `start`: scanned in place when the buffer holds all of it (the common
+    /// case, one pass), else cut out as more input arrives and scanned then.
+    fn take_record_at(&mut self, start: usize) -> Result<(), RedactError> {
+        let end = start + self.framer.tail(start).len();
+        if self.take_record(start..end, false)? {
+            return Ok(());
+        }
+        self.framer.value_incomplete()?;
+        Ok(())
+    }
+
     /// Validates a record, writes it with the purpose's view into the pending output, and
-    /// queues it for its subject's decision.
-    fn take_record(&mut self, range: Range<usize>) -> Result<(), RedactError> {
+    /// queues it for its subject's decision. `complete`: `range` is exactly the record; else
+    /// the record starts at `range.start` and may run past its end, and `Ok(false)` reports
+    /// that it does (nothing queued).
+    fn take_record(&mut self, range: Range<usize>, complete: bool) -> Result<bool, RedactError> {
         let raw = self.framer.slice(range.clone());
         let path = match self.subject {
             SubjectAt::Param(_) => None,
             SubjectAt::Field(path) | SubjectAt::ParamAndField(_, path) => Some(path.as_slice()),
         };
         let start = self.pending_out.len();
-        let scanned = self
-            .scanner
-            .scan(
-                raw,
-                true,
-                Some(&self.view.record),
-                path,
-                &mut self.pending_out,
-            )
-            .map_err(unreadable)?;
-        if scanned.end != raw.len() {
+        let scanned = match self.scanner.scan(
+            raw,
+            complete,
+            Some(&self.view.record),
+            path,
+            &mut self.pending_out,
+        ) {
+            Ok(scanned) => scanned,
+            Err(ScanError::Incomplete) if !complete => {
+                self.pending_out.truncate(start);
+                if raw.len() > self.limits.max_record_bytes {
+                    return Err(FrameError::ValueTooLarge.into());
+                }
+                return Ok(false);
+            }
+            Err(e) => return Err(unreadable(e)),
+        };
+        if complete && scanned.end != raw.len() {
             return Err(FrameError::Malformed.into());
         }
+        let range = range.start..range.start + scanned.end;
+        if !complete {
+            self.framer.value_done(range.end)?;
+        }
+        let raw = self.framer.slice(range.clone());
         let in_record = scanned
             .subject
             .and_then(|span| raw.get(span))
@@ -359,7 +392,7 @@ impl<'v> Redactor<'v> {
             subject: from..self.subjects.len(),
             out: scanned.written.then_some(start..self.pending_out.len()),
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Writes a comma unless this is the first member of the current level; returns whether
