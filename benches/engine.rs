@@ -48,7 +48,7 @@ struct Case {
     name: &'static str,
     body: Vec<u8>,
     route: Route,
-    view: View,
+    view: std::sync::Arc<View>,
 }
 
 fn fixtures() -> Vec<Case> {
@@ -85,7 +85,7 @@ fn fixtures() -> Vec<Case> {
         Case {
             name,
             body,
-            view: (*view).clone(),
+            view: view.clone(),
             route,
         }
     };
@@ -114,7 +114,7 @@ fn redact_streaming(case: &Case) -> Result<Vec<u8>, RedactError> {
         &route.records,
         &route.subject,
         route.without_basis,
-        &case.view,
+        case.view.clone(),
         None,
         Limits::default(),
     );
@@ -133,7 +133,7 @@ fn redact_streaming(case: &Case) -> Result<Vec<u8>, RedactError> {
     Ok(out)
 }
 
-fn answer(redactor: &mut Redactor<'_>) -> Result<(), RedactError> {
+fn answer(redactor: &mut Redactor) -> Result<(), RedactError> {
     while redactor.has_pending() {
         let lawful: Vec<bool> = redactor.pending_subjects().map(consented).collect();
         redactor.resolve(&lawful)?;

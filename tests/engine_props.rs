@@ -599,7 +599,7 @@ struct Run {
     output: Vec<u8>,
 }
 
-fn drain(r: &mut Redactor<'_>, consent: Consent) -> Result<(), RedactError> {
+fn drain(r: &mut Redactor, consent: Consent) -> Result<(), RedactError> {
     while r.has_pending() {
         let lawful: Vec<bool> = r.pending_subjects().map(|s| consent.granted(s)).collect();
         r.resolve(&lawful)?;
@@ -616,7 +616,7 @@ fn run_engine(c: &Case, chunks: &[&[u8]], batch: usize) -> Run {
         &c.records,
         &c.subject,
         c.without_basis,
-        &c.view,
+        std::sync::Arc::new(c.view.clone()),
         c.path_subject.as_deref(),
         limits,
     );

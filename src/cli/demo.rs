@@ -185,7 +185,7 @@ pub async fn serve_crm(listener: tokio::net::TcpListener) {
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> ExitCode {
-    super::init_tracing();
+    let _log = super::init_tracing();
     match super::runtime(0).and_then(|rt| rt.block_on(demo(args))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -52,7 +52,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Check { dir, error_format } => check::run(&dir, error_format == "json"),
         Command::Consent { data_dir, command } => {
-            init_tracing();
+            let _log = init_tracing();
             match runtime(1).and_then(|rt| rt.block_on(consent::run(&data_dir, command))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -76,17 +76,26 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON when
-/// `CONSENTRY_LOG_FORMAT=json`.
-pub fn init_tracing() {
+/// `CONSENTRY_LOG_FORMAT=json`, in colour only on a terminal. Lines are written by a background
+/// thread, so a slow stderr does not hold requests up; none is dropped (when its queue is
+/// full, logging waits). Keep the guard until exit: dropping it flushes the queue.
+pub fn init_tracing() -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("CONSENTRY_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
+        .with_ansi(ansi)
+        .with_writer(writer);
+    let installed = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+    installed.ok().map(|()| guard)
 }

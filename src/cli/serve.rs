@@ -112,7 +112,7 @@ impl ServeArgs {
 
 /// Runs `serve`.
 pub fn run(args: ServeArgs) -> ExitCode {
-    super::init_tracing();
+    let _log = super::init_tracing();
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => {

@@ -191,7 +191,14 @@ impl ObjectPlan {
         let found = if self.fields.len() <= 12 {
             self.fields
                 .iter()
-                .find(|(k, _)| k.len() == name.len() && k.as_bytes() == name)
+                .find(|(k, _)| {
+                    let k = k.as_bytes();
+                    // Length, first and last byte before the whole: most keys differ early.
+                    k.len() == name.len()
+                        && k.first() == name.first()
+                        && k.last() == name.last()
+                        && k == name
+                })
                 .map(|(_, p)| p)
         } else {
             self.fields

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::Gateway;
 use super::body::{self, Body, BoxError, ChannelBody, Coding, Decoded};
@@ -20,7 +20,7 @@ use super::refusal::Refusal;
 use super::request::strip_hop_by_hop;
 use crate::consent::decide::Consent;
 use crate::policy::compiled::{CompiledPolicy, PurposeId};
-use crate::redact::{Counts, Limits, RedactError, Redactor};
+use crate::redact::{Limits, RedactError, Redactor};
 
 /// Output held back before the response head is sent.
 pub const HOLD_BYTES: usize = 64 * 1024;
@@ -55,15 +55,8 @@ pub struct Protected {
     pub caller: Box<str>,
 }
 
-/// What the body task reports before the response head goes out.
-enum Head {
-    /// The whole redacted body (empty for HEAD) and its length.
-    Complete(Bytes, u64),
-    /// The redacted body, streaming through the channel.
-    Streaming(ChannelBody),
-}
-
-/// Checks an upstream response and redacts its body.
+/// Checks an upstream response and redacts its body: inline until the body is complete or
+/// [`HOLD_BYTES`] of output are ready, then (for large bodies) in a task of its own.
 pub async fn protect(
     gw: Arc<Gateway>,
     rsp: Response<Incoming>,
@@ -102,26 +95,25 @@ pub async fn protect(
         return Err(Refusal::BodyTooLarge);
     }
     let (parts, incoming) = rsp.into_parts();
-    let decoded = Decoded::new(incoming, coding);
-    let (head_tx, head_rx) = oneshot::channel();
-    let head = req.head;
-    tokio::spawn(redact_body(gw, req, decoded, head_tx));
-    match head_rx.await {
-        Ok(Ok(Head::Complete(bytes, len))) => {
-            let body = if head {
+    let mut job = BodyJob::new(&gw, req, Decoded::new(incoming, coding))?;
+    match job.fill(&gw).await {
+        // The caller writes the decision line of a refusal.
+        Err(refusal) => Err(refusal),
+        Ok(true) => {
+            job.decision_line(Ok(()), "redacted");
+            let len = job.discarded + job.held.len() as u64;
+            let body = if job.head {
                 body::empty()
             } else {
-                body::full(bytes)
+                body::full(std::mem::take(&mut job.held))
             };
             Ok(finish_head(parts, body, Some(len)))
         }
-        Ok(Ok(Head::Streaming(rest))) => Ok(finish_head(
-            parts,
-            http_body_util::BodyExt::boxed(rest),
-            None,
-        )),
-        Ok(Err(refusal)) => Err(refusal),
-        Err(_) => Err(Refusal::Internal),
+        Ok(false) => {
+            let (tx, rest) = ChannelBody::new(2);
+            tokio::spawn(job.stream(gw, tx));
+            Ok(finish_head(parts, http_body_util::BodyExt::boxed(rest), None))
+        }
     }
 }
 
@@ -196,203 +188,181 @@ fn refusal_of(e: &RedactError) -> Refusal {
     }
 }
 
-/// Where the redacted output goes: held until the head is sent, then streamed.
-struct Sink {
-    /// Set until the response head is decided.
-    head: Option<oneshot::Sender<Result<Head, Refusal>>>,
-    /// Set once the body streams.
-    stream: Option<mpsc::Sender<Result<Bytes, BoxError>>>,
+/// One protected body on its way through the redactor.
+struct BodyJob {
+    policy: Arc<CompiledPolicy>,
+    route_index: usize,
+    purpose_id: PurposeId,
+    gpc: bool,
+    head: bool,
+    caller: Box<str>,
+    redactor: Redactor,
+    decoded: Decoded,
+    /// Redacted output not sent yet.
     held: Vec<u8>,
     /// Output examined and discarded (HEAD): counted for the Content-Length GET would have.
     discarded: u64,
-}
-
-impl Sink {
-    /// Sends what is held once it is large enough to stream. Returns false when the client is
-    /// gone.
-    async fn flush_if_large(&mut self) -> bool {
-        if self.held.len() < HOLD_BYTES {
-            return true;
-        }
-        if let Some(head) = self.head.take() {
-            let (tx, rest) = ChannelBody::new(2);
-            if head.send(Ok(Head::Streaming(rest))).is_err() {
-                return false;
-            }
-            self.stream = Some(tx);
-        }
-        match &self.stream {
-            Some(tx) => tx
-                .send(Ok(Bytes::from(std::mem::take(&mut self.held))))
-                .await
-                .is_ok(),
-            None => false,
-        }
-    }
-
-    /// The body is complete: sends it whole, or its last part.
-    async fn complete(&mut self) {
-        let bytes = Bytes::from(std::mem::take(&mut self.held));
-        if let Some(head) = self.head.take() {
-            let len = self.discarded + bytes.len() as u64;
-            let _ = head.send(Ok(Head::Complete(bytes, len)));
-        } else if let Some(tx) = &self.stream
-            && !bytes.is_empty()
-        {
-            let _ = tx.send(Ok(bytes)).await;
-        }
-    }
-
-    /// The body failed: a refusal before the head, an aborted transfer after it.
-    async fn fail(&mut self, refusal: Refusal) {
-        if let Some(head) = self.head.take() {
-            let _ = head.send(Err(refusal));
-        } else if let Some(tx) = &self.stream {
-            // FAIL-CLOSED: the client must see a broken transfer, never a complete body.
-            let _ = tx.send(Err(Box::new(refusal))).await;
-        }
-    }
-}
-
-/// The body task: reads, decodes, redacts with consent decided per batch, and sends.
-async fn redact_body(
-    gw: Arc<Gateway>,
-    req: Protected,
-    mut decoded: Decoded,
-    head_tx: oneshot::Sender<Result<Head, Refusal>>,
-) {
-    let started = Instant::now();
-    let policy = req.policy.clone();
-    let mut sink = Sink {
-        head: Some(head_tx),
-        stream: None,
-        held: Vec::new(),
-        discarded: 0,
-    };
-    let route = policy.routes.get(req.route_index);
-    let view = route.and_then(|r| r.views.get(usize::from(req.purpose_id))?.as_deref());
-    let purpose = policy.purposes.get(usize::from(req.purpose_id));
-    let (Some(route), Some(view), Some(purpose)) = (route, view, purpose) else {
-        sink.fail(Refusal::Internal).await;
-        return;
-    };
-    let limits = Limits {
-        max_record_bytes: gw.limits.max_record_bytes,
-        max_depth: gw.limits.max_depth,
-        batch: 128,
-    };
-    let mut redactor = Redactor::new(
-        &route.records,
-        &route.subject,
-        route.without_basis,
-        view,
-        req.path_subject.as_deref(),
-        limits,
-    );
-    let result = pump(&gw, &req, purpose, &mut decoded, &mut redactor, &mut sink).await;
-    let outcome = match (&result, sink.head.is_some()) {
-        (Ok(()), _) => "redacted",
-        (Err(_), true) => "refused",
-        (Err(_), false) => "aborted",
-    };
-    decision_line(
-        &req,
-        route.name.as_ref(),
-        purpose.name.as_ref(),
-        redactor.counts(),
-        &result,
-        outcome,
-        started,
-    );
-    match result {
-        Ok(()) => sink.complete().await,
-        Err(refusal) => sink.fail(refusal).await,
-    }
-}
-
-/// Moves the body from the upstream through the redactor to the sink.
-async fn pump(
-    gw: &Gateway,
-    req: &Protected,
-    purpose: &crate::policy::compiled::Purpose,
-    decoded: &mut Decoded,
-    redactor: &mut Redactor<'_>,
-    sink: &mut Sink,
-) -> Result<(), Refusal> {
-    let deadline = tokio::time::Instant::now() + gw.total_timeout;
-    let mut read: u64 = 0;
-    loop {
-        let chunk = match tokio::time::timeout_at(deadline, decoded.next_chunk()).await {
-            Err(_) => return Err(Refusal::UpstreamTimeout),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "upstream body broke off");
-                return Err(Refusal::UpstreamUnreadable("the upstream body broke off"));
-            }
-            Ok(Ok(chunk)) => chunk,
-        };
-        match &chunk {
-            Some(bytes) => {
-                read += bytes.len() as u64;
-                if read > gw.limits.max_body_bytes {
-                    return Err(Refusal::BodyTooLarge);
-                }
-                redactor.push(bytes).map_err(|e| refusal_of(&e))?;
-            }
-            None => redactor.finish().map_err(|e| refusal_of(&e))?,
-        }
-        while redactor.has_pending() {
-            let subjects: Vec<&str> = redactor.pending_subjects().collect();
-            let decisions = gw.consent.decide_batch(purpose, &subjects, req.gpc).await;
-            // FAIL-CLOSED: only Granted is a lawful basis; Denied and Unknown are not.
-            let lawful: Vec<bool> = decisions
-                .iter()
-                .map(|c| matches!(c, Consent::Granted))
-                .collect();
-            redactor.resolve(&lawful).map_err(|e| refusal_of(&e))?;
-        }
-        if req.head {
-            // HEAD: the body is examined for the status and its length, then discarded.
-            sink.discarded += redactor.take_output().len() as u64;
-        } else {
-            redactor.drain_output_into(&mut sink.held);
-        }
-        if chunk.is_none() {
-            if !redactor.is_complete() {
-                return Err(Refusal::UpstreamUnreadable("the upstream body ended early"));
-            }
-            return Ok(());
-        }
-        if !sink.flush_if_large().await {
-            // The client went away; nothing more to do.
-            return Ok(());
-        }
-    }
-}
-
-fn decision_line(
-    req: &Protected,
-    route: &str,
-    purpose: &str,
-    counts: Counts,
-    result: &Result<(), Refusal>,
-    outcome: &str,
+    /// Decoded upstream bytes so far.
+    read: u64,
+    deadline: tokio::time::Instant,
     started: Instant,
-) {
-    let (status, reason) = match result {
-        Ok(()) => (200, "-"),
-        Err(r) => (r.status().as_u16(), r.reason()),
-    };
-    tracing::info!(
-        target: "consentry::decision",
-        caller = &*req.caller,
-        purpose,
-        route,
-        status,
-        outcome,
-        reason,
-        kept = counts.kept,
-        reduced = counts.reduced,
-        omitted = counts.omitted,
-        elapsed_us = started.elapsed().as_micros() as u64,
-    );
+}
+
+impl BodyJob {
+    fn new(gw: &Gateway, req: Protected, decoded: Decoded) -> Result<Self, Refusal> {
+        let route = req.policy.routes.get(req.route_index).ok_or(Refusal::Internal)?;
+        let view = route
+            .views
+            .get(usize::from(req.purpose_id))
+            .and_then(Option::clone)
+            .ok_or(Refusal::Internal)?;
+        let limits = Limits {
+            max_record_bytes: gw.limits.max_record_bytes,
+            max_depth: gw.limits.max_depth,
+            batch: 128,
+        };
+        let redactor = Redactor::new(
+            &route.records,
+            &route.subject,
+            route.without_basis,
+            view,
+            req.path_subject.as_deref(),
+            limits,
+        );
+        Ok(Self {
+            policy: req.policy.clone(),
+            route_index: req.route_index,
+            purpose_id: req.purpose_id,
+            gpc: req.gpc,
+            head: req.head,
+            caller: req.caller,
+            redactor,
+            decoded,
+            held: Vec::new(),
+            discarded: 0,
+            read: 0,
+            deadline: tokio::time::Instant::now() + gw.total_timeout,
+            started: Instant::now(),
+        })
+    }
+
+    /// Reads and redacts until the body is complete (`true`) or, unless this is a HEAD
+    /// request, [`HOLD_BYTES`] of output are held (`false`).
+    async fn fill(&mut self, gw: &Gateway) -> Result<bool, Refusal> {
+        loop {
+            let chunk = match tokio::time::timeout_at(self.deadline, self.decoded.next_chunk()).await
+            {
+                Err(_) => return Err(Refusal::UpstreamTimeout),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "upstream body broke off");
+                    return Err(Refusal::UpstreamUnreadable("the upstream body broke off"));
+                }
+                Ok(Ok(chunk)) => chunk,
+            };
+            match &chunk {
+                Some(bytes) => {
+                    self.read += bytes.len() as u64;
+                    if self.read > gw.limits.max_body_bytes {
+                        return Err(Refusal::BodyTooLarge);
+                    }
+                    if self.held.capacity() == 0 {
+                        self.held.reserve(bytes.len());
+                    }
+                    self.redactor.push(bytes).map_err(|e| refusal_of(&e))?;
+                }
+                None => self.redactor.finish().map_err(|e| refusal_of(&e))?,
+            }
+            while self.redactor.has_pending() {
+                let purpose = self
+                    .policy
+                    .purposes
+                    .get(usize::from(self.purpose_id))
+                    .ok_or(Refusal::Internal)?;
+                let subjects: Vec<&str> = self.redactor.pending_subjects().collect();
+                let decisions = gw.consent.decide_batch(purpose, &subjects, self.gpc).await;
+                // FAIL-CLOSED: only Granted is a lawful basis; Denied and Unknown are not.
+                let lawful: Vec<bool> = decisions
+                    .iter()
+                    .map(|c| matches!(c, Consent::Granted))
+                    .collect();
+                self.redactor.resolve(&lawful).map_err(|e| refusal_of(&e))?;
+            }
+            if self.head {
+                // HEAD: the body is examined for the status and its length, then discarded.
+                self.discarded += self.redactor.take_output().len() as u64;
+            } else {
+                self.redactor.drain_output_into(&mut self.held);
+            }
+            if chunk.is_none() {
+                if !self.redactor.is_complete() {
+                    return Err(Refusal::UpstreamUnreadable("the upstream body ended early"));
+                }
+                return Ok(true);
+            }
+            if !self.head && self.held.len() >= HOLD_BYTES {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Streams the rest of a large body after its head went out. A failure now aborts the
+    /// transfer, so the client sees a broken body, never a complete-looking one.
+    async fn stream(mut self, gw: Arc<Gateway>, tx: mpsc::Sender<Result<Bytes, BoxError>>) {
+        loop {
+            let first = Bytes::from(std::mem::take(&mut self.held));
+            if !first.is_empty() && tx.send(Ok(first)).await.is_err() {
+                // The client went away.
+                self.decision_line(Ok(()), "client_gone");
+                return;
+            }
+            match self.fill(&gw).await {
+                Ok(false) => continue,
+                Ok(true) => {
+                    let last = Bytes::from(std::mem::take(&mut self.held));
+                    if !last.is_empty() {
+                        let _ = tx.send(Ok(last)).await;
+                    }
+                    self.decision_line(Ok(()), "redacted");
+                    return;
+                }
+                Err(refusal) => {
+                    self.decision_line(Err(&refusal), "aborted");
+                    // FAIL-CLOSED: an error item aborts the response.
+                    let _ = tx.send(Err(Box::new(refusal))).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn decision_line(&self, result: Result<(), &Refusal>, outcome: &str) {
+        let (status, reason) = match result {
+            Ok(()) => (200, "-"),
+            Err(r) => (r.status().as_u16(), r.reason()),
+        };
+        let route = self
+            .policy
+            .routes
+            .get(self.route_index)
+            .map_or("-", |r| &*r.name);
+        let purpose = self
+            .policy
+            .purposes
+            .get(usize::from(self.purpose_id))
+            .map_or("-", |p| &*p.name);
+        let counts = self.redactor.counts();
+        tracing::info!(
+            target: "consentry::decision",
+            caller = &*self.caller,
+            purpose,
+            route,
+            status,
+            outcome,
+            reason,
+            kept = counts.kept,
+            reduced = counts.reduced,
+            omitted = counts.omitted,
+            elapsed_us = self.started.elapsed().as_micros() as u64,
+        );
+    }
 }

@@ -234,7 +234,15 @@ impl Scanner {
                 escaped,
                 tag: tag_of(&name),
             };
-            self.check_duplicate(cx.input, key, keys_from, &mut set)?;
+            let earlier = self.keys.get(keys_from..).unwrap_or_default();
+            if set.is_none()
+                && earlier.len() < PAIRWISE_KEYS
+                && earlier.iter().all(|k| k.tag != key.tag)
+            {
+                // The common case: no earlier key even shares the fingerprint.
+            } else {
+                self.check_duplicate(cx.input, key, keys_from, &mut set)?;
+            }
             self.keys.push(key);
             if cx.skip_ws()? != b':' {
                 return Err(ScanError::Malformed);
@@ -246,7 +254,27 @@ impl Scanner {
             };
             match plan.and_then(|p| p.member_bytes(&name)) {
                 None | Some(ValuePlan::Drop) => {
-                    self.value(cx, None, member_subject, depth + 1, out)?;
+                    // Dropped strings, the bulk of most records, are validated in place.
+                    if member_subject.is_none() && cx.skip_ws()? == b'"' {
+                        cx.string()?;
+                    } else {
+                        self.value(cx, None, member_subject, depth + 1, out)?;
+                    }
+                }
+                Some(ValuePlan::Keep) => {
+                    // Key, colon and value are copied in one piece, as they came.
+                    let byte = cx.skip_ws()?;
+                    let value_start = cx.pos;
+                    self.skip(cx, byte, member_subject, depth + 1)?;
+                    if member_subject.is_some_and(<[Box<str>]>::is_empty) {
+                        cx.subject = Some(value_start..cx.pos);
+                    }
+                    if !first_out {
+                        out.push(b',');
+                    }
+                    let piece = cx.input.get(key_start - 1..cx.pos);
+                    out.extend_from_slice(piece.ok_or(ScanError::Malformed)?);
+                    first_out = false;
                 }
                 Some(member) => {
                     let mark = out.len();
@@ -569,10 +597,16 @@ fn special(w: u64) -> u64 {
 
 /// A cheap fingerprint of a key: its length and its first and last bytes.
 fn tag_of(key: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    for (slot, b) in word.iter_mut().zip(key) {
-        *slot = *b;
-    }
+    let word = match key.get(..8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+        Some(word) => word,
+        None => {
+            let mut word = [0u8; 8];
+            for (slot, b) in word.iter_mut().zip(key) {
+                *slot = *b;
+            }
+            word
+        }
+    };
     let last = key.last().copied().unwrap_or_default();
     u64::from_le_bytes(word) ^ ((key.len() as u64) << 48) ^ (u64::from(last) << 40).rotate_left(7)
 }

@@ -6,6 +6,7 @@
 //! decision is known, and nothing after the records is written before they are.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::policy::compiled::{ObjectPlan, RecordsAt, SubjectAt, ValuePlan, View, WithoutBasis};
 
@@ -70,22 +71,23 @@ struct Pending {
 }
 
 /// One level of envelope output.
-struct Level<'v> {
-    plan: Option<&'v ObjectPlan>,
+struct Level {
+    /// The key this level was entered by (`None`: the root object).
+    key: Option<Box<str>>,
     first: bool,
 }
 
 /// Redacts one body through a [`View`] of a route.
-pub struct Redactor<'v> {
-    view: &'v View,
-    subject: &'v SubjectAt,
+pub struct Redactor {
+    view: Arc<View>,
+    subject: SubjectAt,
     without_basis: WithoutBasis,
     /// The subject id captured from the request path, where the route has one.
-    path_subject: Option<&'v str>,
+    path_subject: Option<Box<str>>,
     limits: Limits,
     framer: Framer,
     single: bool,
-    levels: Vec<Level<'v>>,
+    levels: Vec<Level>,
     first_record: bool,
     pending: Vec<Pending>,
     /// Subject ids of the pending records, end to end.
@@ -100,14 +102,14 @@ pub struct Redactor<'v> {
     done: bool,
 }
 
-impl<'v> Redactor<'v> {
+impl Redactor {
     /// A redactor for a body of a route whose records are at `records`.
     pub fn new(
         records: &RecordsAt,
-        subject: &'v SubjectAt,
+        subject: &SubjectAt,
         without_basis: WithoutBasis,
-        view: &'v View,
-        path_subject: Option<&'v str>,
+        view: Arc<View>,
+        path_subject: Option<&str>,
         limits: Limits,
     ) -> Self {
         let (path, single) = match records {
@@ -116,9 +118,9 @@ impl<'v> Redactor<'v> {
         };
         Self {
             view,
-            subject,
+            subject: subject.clone(),
             without_basis,
-            path_subject,
+            path_subject: path_subject.map(Box::from),
             limits,
             framer: Framer::new(path, single, limits.max_depth, limits.max_record_bytes),
             single,
@@ -250,15 +252,13 @@ impl<'v> Redactor<'v> {
             Event::OpenRoot => {
                 self.out.push(b'{');
                 self.levels.push(Level {
-                    plan: Some(&self.view.envelope),
+                    key: None,
                     first: true,
                 });
             }
             Event::Member { key, value } => {
-                let plan = self
-                    .levels
-                    .last()
-                    .and_then(|l| l.plan)
+                let view = Arc::clone(&self.view);
+                let plan = envelope_plan(&view, &self.levels)
                     .and_then(|p| p.member(&key))
                     .filter(|p| !matches!(p, ValuePlan::Drop));
                 let mark = self.out.len();
@@ -286,16 +286,10 @@ impl<'v> Redactor<'v> {
                 self.separator();
                 write_key(&key, &mut self.out);
                 self.out.push(b'{');
-                let plan = self
-                    .levels
-                    .last()
-                    .and_then(|l| l.plan)
-                    .and_then(|p| p.member(&key))
-                    .and_then(|p| match p {
-                        ValuePlan::Object(o) => Some(o),
-                        _ => None,
-                    });
-                self.levels.push(Level { plan, first: true });
+                self.levels.push(Level {
+                    key: Some(key.into()),
+                    first: true,
+                });
             }
             Event::OpenRecords { key } => {
                 if let Some(key) = key {
@@ -338,7 +332,7 @@ impl<'v> Redactor<'v> {
     /// that it does (nothing queued).
     fn take_record(&mut self, range: Range<usize>, complete: bool) -> Result<bool, RedactError> {
         let raw = self.framer.slice(range.clone());
-        let path = match self.subject {
+        let path = match &self.subject {
             SubjectAt::Param(_) => None,
             SubjectAt::Field(path) | SubjectAt::ParamAndField(_, path) => Some(path.as_slice()),
         };
@@ -373,13 +367,13 @@ impl<'v> Redactor<'v> {
             .and_then(|span| raw.get(span))
             .and_then(scan::subject_text);
         let subject = match self.subject {
-            SubjectAt::Param(_) => self.path_subject.ok_or(RedactError::NoSubject)?,
+            SubjectAt::Param(_) => self.path_subject.as_deref().ok_or(RedactError::NoSubject)?,
             SubjectAt::Field(_) => in_record.as_deref().ok_or(RedactError::NoSubject)?,
             SubjectAt::ParamAndField(..) => {
                 let id = in_record.as_deref().ok_or(RedactError::NoSubject)?;
                 // A CRM may answer a lookup with a merged or aliased record: the subject the
                 // client asked for must be the one whose data comes back.
-                if self.path_subject != Some(id) {
+                if self.path_subject.as_deref() != Some(id) {
                     return Err(RedactError::SubjectMismatch);
                 }
                 id
@@ -408,6 +402,19 @@ impl<'v> Redactor<'v> {
         level.first = false;
         was_first
     }
+}
+
+/// The envelope plan at the current level: the view's envelope plan, followed down the keys
+/// the levels were entered by (`None`: nothing at this level is kept).
+fn envelope_plan<'v>(view: &'v View, levels: &[Level]) -> Option<&'v ObjectPlan> {
+    let mut plan = &view.envelope;
+    for key in levels.iter().filter_map(|l| l.key.as_deref()) {
+        match plan.member(key) {
+            Some(ValuePlan::Object(inner)) => plan = inner,
+            _ => return None,
+        }
+    }
+    Some(plan)
 }
 
 /// Writes one record's output (`None`: the plan dropped it entirely) into a list or as the
