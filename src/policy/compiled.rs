@@ -185,6 +185,7 @@ impl ObjectPlan {
     }
 
     /// The plan for a member name given as its unescaped UTF-8 bytes.
+    #[inline]
     pub fn member_bytes(&self, name: &[u8]) -> Option<&ValuePlan> {
         // Plans are small: a linear scan comparing lengths first beats a binary search of
         // string comparisons up to a dozen members.

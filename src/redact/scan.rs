@@ -430,6 +430,7 @@ struct Cx<'i> {
 
 impl<'i> Cx<'i> {
     /// Skips whitespace; returns the next byte without consuming it.
+    #[inline(always)]
     fn skip_ws(&mut self) -> Result<u8, ScanError> {
         while let Some(&b) = self.input.get(self.pos) {
             if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
@@ -530,6 +531,7 @@ impl<'i> Cx<'i> {
 
     /// A string at `pos` (on its opening quote): its raw contents between the quotes, and
     /// whether they hold escapes. Escapes, control characters and UTF-8 are validated.
+    #[inline(always)]
     fn string(&mut self) -> Result<(&'i [u8], bool), ScanError> {
         let input = self.input;
         let start = self.pos + 1;
@@ -586,6 +588,7 @@ const HIGH: u64 = 0x8080_8080_8080_8080;
 
 /// The high bit of each byte of `w` that is `"`, `\` or a control character; the lowest set
 /// bit is exact, bits above it may be spurious.
+#[inline(always)]
 fn special(w: u64) -> u64 {
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let quote = has_zero(w ^ (ONES * u64::from(b'"')));
@@ -596,15 +599,17 @@ fn special(w: u64) -> u64 {
 }
 
 /// A cheap fingerprint of a key: its length and its first and last bytes.
+#[inline(always)]
 fn tag_of(key: &[u8]) -> u64 {
     let word = match key.get(..8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
         Some(word) => word,
         None => {
-            let mut word = [0u8; 8];
-            for (slot, b) in word.iter_mut().zip(key) {
-                *slot = *b;
+            // Built in a register: a copy through memory would stall the load after it.
+            let mut w = 0u64;
+            for (i, b) in key.iter().enumerate() {
+                w |= u64::from(*b) << (i * 8);
             }
-            word
+            w.to_le_bytes()
         }
     };
     let last = key.last().copied().unwrap_or_default();

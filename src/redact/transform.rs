@@ -60,6 +60,11 @@ fn text_of<'a>(value: &'a Scalar<'_>) -> Option<&'a str> {
 pub fn write_str(text: &str, out: &mut Vec<u8>) {
     out.reserve(text.len() + 2);
     out.push(b'"');
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     let mut plain = 0;
     for (i, b) in text.bytes().enumerate() {
         let escape: &[u8] = match b {
@@ -88,6 +93,18 @@ pub fn write_str(text: &str, out: &mut Vec<u8>) {
 /// Keeps the first `first` and last `last` characters, replacing the others with `with`. A text
 /// no longer than `first + last` is kept whole.
 pub fn mask(text: &str, first: usize, last: usize, with: char) -> String {
+    if text.is_ascii() && with.is_ascii() {
+        // One byte per character: the common case, without decoding.
+        let len = text.len();
+        if len <= first.saturating_add(last) {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(len);
+        out.push_str(text.get(..first).unwrap_or_default());
+        out.extend(std::iter::repeat_n(with, len - first - last));
+        out.push_str(text.get(len - last..).unwrap_or_default());
+        return out;
+    }
     let len = text.chars().count();
     if len <= first.saturating_add(last) {
         return text.to_owned();
