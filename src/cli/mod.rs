@@ -87,6 +87,7 @@ pub fn init_tracing() -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(16 * 1024)
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -70,7 +70,7 @@ impl Default for SqliteStoreOptions {
     fn default() -> Self {
         Self {
             busy_timeout: Duration::from_secs(5),
-            max_connections: 4,
+            max_connections: 2,
             watch_interval: Some(Duration::from_millis(200)),
         }
     }
@@ -121,7 +121,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed withdrawal must survive a power cut.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(tuning.busy_timeout);
+            .busy_timeout(tuning.busy_timeout)
+            // The consent table is small and read through a cache: 256 KiB of pages per
+            // connection is plenty, and bounds the store's share of the gateway's memory.
+            .pragma("cache_size", "-256");
         let pool = SqlitePoolOptions::new()
             .max_connections(tuning.max_connections.max(1))
             .acquire_timeout(tuning.busy_timeout)

@@ -23,7 +23,7 @@ use crate::policy::compiled::{CompiledPolicy, PurposeId};
 use crate::redact::{Limits, RedactError, Redactor};
 
 /// Output held back before the response head is sent.
-pub const HOLD_BYTES: usize = 64 * 1024;
+pub const HOLD_BYTES: usize = 32 * 1024;
 
 /// Headers that describe the upstream's body, not the redacted one.
 const BODY_HEADERS: &[&str] = &[
@@ -110,7 +110,7 @@ pub async fn protect(
             Ok(finish_head(parts, body, Some(len)))
         }
         Ok(false) => {
-            let (tx, rest) = ChannelBody::new(2);
+            let (tx, rest) = ChannelBody::new(1);
             tokio::spawn(job.stream(gw, tx));
             Ok(finish_head(parts, http_body_util::BodyExt::boxed(rest), None))
         }

@@ -12,6 +12,9 @@ use hyper_util::rt::TokioExecutor;
 
 use super::refusal::Refusal;
 
+/// Largest read from an upstream connection.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The body sent upstream: the client's request body, bounded.
 pub type UpstreamBody = Limited<Incoming>;
 
@@ -49,6 +52,9 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
+            // Upstream bodies arrive in chunks of at most this size: what one response holds
+            // in memory at once stays small whatever the body's size.
+            .http1_max_buf_size(READ_BUFFER_BYTES)
             .build(connector);
         let prefix = uri.path().trim_end_matches('/').to_owned();
         let host = HeaderValue::from_str(authority.as_str())

@@ -376,7 +376,7 @@ async fn headers_of_the_unredacted_body_are_not_passed(proto: Proto) {
     assert_eq!(rsp.header("x-request-id"), Some("r-1"));
 }
 
-/// A list large enough that the gateway streams it (its redacted form is over 64 KiB).
+/// A list large enough that the gateway streams it (its redacted form is well over the 32 KiB held back before the head).
 pub fn large_list() -> String {
     list_of(600)
 }
