@@ -121,7 +121,7 @@ impl Default for TimeoutsConfig {
 impl Default for ConsentConfig {
     fn default() -> Self {
         Self {
-            cache_ttl_ms: 5_000,
+            cache_ttl_ms: 60_000,
             lookup_timeout_ms: 1_000,
             cache_entries: 100_000,
         }

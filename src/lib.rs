@@ -11,6 +11,7 @@
 //! - [`identity`]: who is calling ([`identity::identify`]) and for which purpose.
 //! - [`proxy`]: the request path ([`proxy::pipeline`]), the upstream client, refusals.
 //! - [`server`]: listening, serving HTTP/1.1 and h2c, draining on shutdown.
+//! - [`ops`]: operations: the batched log writer.
 //! - [`config`]: operations settings (`consentry.yaml`, `CONSENTRY_*`, flags).
 //! - [`cli`]: subcommands of the `consentry` binary.
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod consent;
 pub mod identity;
+pub mod ops;
 pub mod policy;
 pub mod proxy;
 pub mod redact;

@@ -186,7 +186,13 @@ pub async fn serve_crm(listener: tokio::net::TcpListener) {
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> ExitCode {
     let _log = super::init_tracing();
-    match super::runtime(0).and_then(|rt| rt.block_on(demo(args))) {
+    let result = super::runtime(0).and_then(|rt| {
+        if let Some(log) = &_log {
+            rt.spawn(log.0.clone().flush_periodically());
+        }
+        rt.block_on(demo(args))
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -76,27 +76,23 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON when
-/// `CONSENTRY_LOG_FORMAT=json`, in colour only on a terminal. Lines are written by a background
-/// thread, so a slow stderr does not hold requests up; none is dropped (when its queue is
-/// full, logging waits). Keep the guard until exit: dropping it flushes the queue.
-pub fn init_tracing() -> Option<tracing_appender::non_blocking::WorkerGuard> {
+/// `CONSENTRY_LOG_FORMAT=json`, in colour only on a terminal. Lines are written in batches
+/// (see [`crate::ops::log`]); keep the guard until exit, dropping it writes what is left.
+pub fn init_tracing() -> Option<crate::ops::log::FlushGuard> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("CONSENTRY_LOG_FORMAT").is_ok_and(|v| v == "json");
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(16 * 1024)
-        .finish(std::io::stderr());
+    let writer = crate::ops::log::BatchedStderr::default();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(writer);
+        .with_writer(writer.clone());
     let installed = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
-    installed.ok().map(|()| guard)
+    installed.ok().map(|()| crate::ops::log::FlushGuard(writer))
 }

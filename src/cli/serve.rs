@@ -120,7 +120,12 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = super::runtime(config.workers).and_then(|rt| rt.block_on(serve(config)));
+    let result = super::runtime(config.workers).and_then(|rt| {
+        if let Some(log) = &_log {
+            rt.spawn(log.0.clone().flush_periodically());
+        }
+        rt.block_on(serve(config))
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

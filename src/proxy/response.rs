@@ -112,7 +112,11 @@ pub async fn protect(
         Ok(false) => {
             let (tx, rest) = ChannelBody::new(1);
             tokio::spawn(job.stream(gw, tx));
-            Ok(finish_head(parts, http_body_util::BodyExt::boxed(rest), None))
+            Ok(finish_head(
+                parts,
+                http_body_util::BodyExt::boxed(rest),
+                None,
+            ))
         }
     }
 }
@@ -210,7 +214,11 @@ struct BodyJob {
 
 impl BodyJob {
     fn new(gw: &Gateway, req: Protected, decoded: Decoded) -> Result<Self, Refusal> {
-        let route = req.policy.routes.get(req.route_index).ok_or(Refusal::Internal)?;
+        let route = req
+            .policy
+            .routes
+            .get(req.route_index)
+            .ok_or(Refusal::Internal)?;
         let view = route
             .views
             .get(usize::from(req.purpose_id))
@@ -250,15 +258,15 @@ impl BodyJob {
     /// request, [`HOLD_BYTES`] of output are held (`false`).
     async fn fill(&mut self, gw: &Gateway) -> Result<bool, Refusal> {
         loop {
-            let chunk = match tokio::time::timeout_at(self.deadline, self.decoded.next_chunk()).await
-            {
-                Err(_) => return Err(Refusal::UpstreamTimeout),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "upstream body broke off");
-                    return Err(Refusal::UpstreamUnreadable("the upstream body broke off"));
-                }
-                Ok(Ok(chunk)) => chunk,
-            };
+            let chunk =
+                match tokio::time::timeout_at(self.deadline, self.decoded.next_chunk()).await {
+                    Err(_) => return Err(Refusal::UpstreamTimeout),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "upstream body broke off");
+                        return Err(Refusal::UpstreamUnreadable("the upstream body broke off"));
+                    }
+                    Ok(Ok(chunk)) => chunk,
+                };
             match &chunk {
                 Some(bytes) => {
                     self.read += bytes.len() as u64;

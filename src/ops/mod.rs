@@ -1,0 +1,3 @@
+//! Operations: what keeps a running gateway observable without slowing it down.
+
+pub mod log;
