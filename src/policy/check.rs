@@ -262,7 +262,8 @@ fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<char
     })
 }
 
-/// Parses a path template: starts with `/`, `{param}` only as whole segments, no `..`, no `%`.
+/// Parses a path template: starts with `/`, at most one `{param}` per segment (a whole segment,
+/// or between a literal prefix and suffix as in `contacts({id})`), no `..`, no `%`.
 pub fn parse_template(text: &str) -> Result<PathTemplate, String> {
     let Some(rest) = text.strip_prefix('/') else {
         return Err("it must start with `/`".into());
@@ -293,7 +294,29 @@ pub fn parse_template(text: &str) -> Result<PathTemplate, String> {
                 params.push(name);
                 segments.push(Segment::Param(name.into()));
             } else if seg.contains(['{', '}']) {
-                return Err(format!("`{seg}`: a parameter must be a whole segment"));
+                let affixed = seg.split_once('{').and_then(|(prefix, rest)| {
+                    let (name, suffix) = rest.split_once('}')?;
+                    let plain = |t: &str| !t.contains(['{', '}']);
+                    let valid = !name.is_empty()
+                        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && plain(prefix)
+                        && plain(suffix);
+                    valid.then_some((prefix, name, suffix))
+                });
+                let Some((prefix, name, suffix)) = affixed else {
+                    return Err(format!(
+                        "`{seg}`: a segment holds at most one `{{param}}`, with a valid name"
+                    ));
+                };
+                if params.contains(&name) {
+                    return Err(format!("the parameter `{name}` appears twice"));
+                }
+                params.push(name);
+                segments.push(Segment::Affixed {
+                    prefix: prefix.into(),
+                    name: name.into(),
+                    suffix: suffix.into(),
+                });
             } else {
                 segments.push(Segment::Literal(seg.into()));
             }
@@ -313,6 +336,11 @@ pub fn template_shape(t: &PathTemplate) -> String {
         match seg {
             Segment::Literal(l) => s.push_str(l),
             Segment::Param(_) => s.push_str("{}"),
+            Segment::Affixed { prefix, suffix, .. } => {
+                s.push_str(prefix);
+                s.push_str("{}");
+                s.push_str(suffix);
+            }
         }
     }
     if s.is_empty() {
@@ -629,7 +657,18 @@ mod tests {
     fn templates() {
         assert!(parse_template("/a/{id}").is_ok());
         assert!(parse_template("a").is_err());
-        assert!(parse_template("/a/x{id}").is_err());
+        let odata = parse_template("/api/data/v9.2/contacts({id})").unwrap();
+        assert_eq!(
+            odata.segments.last(),
+            Some(&Segment::Affixed {
+                prefix: "contacts(".into(),
+                name: "id".into(),
+                suffix: ")".into()
+            })
+        );
+        assert!(parse_template("/a/x{id}{b}").is_err());
+        assert!(parse_template("/a/x{}").is_err());
+        assert!(parse_template("/a/{id}/b({id})").is_err());
         assert!(parse_template("/a/../b").is_err());
         assert!(parse_template("/a/%2e").is_err());
         assert!(parse_template("/").is_ok_and(|t| t.segments.is_empty()));

@@ -595,8 +595,25 @@ fn specificity(a: &PathTemplate, b: &PathTemplate) -> Ordering {
     for (x, y) in a.segments.iter().zip(&b.segments) {
         let o = match (x, y) {
             (Segment::Literal(x), Segment::Literal(y)) => x.cmp(y),
-            (Segment::Literal(_), Segment::Param(_)) => Ordering::Less,
-            (Segment::Param(_), Segment::Literal(_)) => Ordering::Greater,
+            (Segment::Literal(_), _) => Ordering::Less,
+            (_, Segment::Literal(_)) => Ordering::Greater,
+            (
+                Segment::Affixed {
+                    prefix: px,
+                    suffix: sx,
+                    ..
+                },
+                Segment::Affixed {
+                    prefix: py,
+                    suffix: sy,
+                    ..
+                },
+            ) => (py.len() + sy.len())
+                .cmp(&(px.len() + sx.len()))
+                .then_with(|| px.cmp(py))
+                .then_with(|| sx.cmp(sy)),
+            (Segment::Affixed { .. }, Segment::Param(_)) => Ordering::Less,
+            (Segment::Param(_), Segment::Affixed { .. }) => Ordering::Greater,
             (Segment::Param(_), Segment::Param(_)) => Ordering::Equal,
         };
         if o != Ordering::Equal {
@@ -781,7 +798,7 @@ fn compile_route(
                 .segments
                 .iter()
                 .filter_map(|s| match s {
-                    Segment::Param(n) => Some(&**n),
+                    Segment::Param(n) | Segment::Affixed { name: n, .. } => Some(&**n),
                     Segment::Literal(_) => None,
                 })
                 .collect();

@@ -75,6 +75,13 @@ pub enum Segment {
     Literal(Box<str>),
     /// `{name}`: any non-empty segment, captured.
     Param(Box<str>),
+    /// `prefix{name}suffix`, as in OData keys (`contacts({id})`): a segment that starts with
+    /// `prefix` and ends with `suffix`, the non-empty text between them captured.
+    Affixed {
+        prefix: Box<str>,
+        name: Box<str>,
+        suffix: Box<str>,
+    },
 }
 
 /// A path template such as `/crm/v3/objects/contacts/{id}`, split into segments.

@@ -28,6 +28,13 @@ impl PathTemplate {
             match template {
                 Segment::Literal(lit) if **lit == **actual => {}
                 Segment::Param(_) if !actual.is_empty() => params.push(actual.as_str()),
+                Segment::Affixed { prefix, suffix, .. } => {
+                    let inner = actual
+                        .strip_prefix(&**prefix)
+                        .and_then(|rest| rest.strip_suffix(&**suffix))
+                        .filter(|inner| !inner.is_empty())?;
+                    params.push(inner);
+                }
                 _ => return None,
             }
         }

@@ -21,3 +21,4 @@ mod identity;
 mod paths;
 mod protocol;
 mod redaction;
+mod shapes;

@@ -523,6 +523,12 @@ impl GatewayBuilder {
     }
 
     /// Adjusts the operations settings.
+    /// Replaces the whole policy file.
+    pub fn with_policy(mut self, policy: String) -> Self {
+        self.policy = policy;
+        self
+    }
+
     pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);
         self
