@@ -313,6 +313,23 @@ impl Reply {
         self
     }
 
+    /// Sends the first `n` bytes of the body, then nothing for an hour (no Content-Length).
+    pub fn stall_after(mut self, n: usize) -> Self {
+        let whole: Vec<u8> = self.parts.iter().flat_map(|(_, b)| b.to_vec()).collect();
+        let n = n.min(whole.len());
+        self.parts = vec![
+            (
+                Duration::from_millis(1),
+                Bytes::copy_from_slice(&whole[..n]),
+            ),
+            (
+                Duration::from_secs(3600),
+                Bytes::copy_from_slice(&whole[n..]),
+            ),
+        ];
+        self
+    }
+
     fn into_response(self) -> Response<BoxBody<Bytes, BoxError>> {
         let body = match self.parts.as_slice() {
             [(delay, bytes)] if delay.is_zero() => Full::new(bytes.clone())
@@ -793,6 +810,31 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     .await
     .expect("the gateway closed the connection in time");
     out
+}
+
+/// Writes `request` to a new connection to `addr` and reads for at most `wait`: what arrived,
+/// and whether the gateway closed the connection in that time.
+pub async fn raw_try(addr: SocketAddr, request: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    raw_read(&mut stream, wait).await
+}
+
+/// Reads from `stream` for at most `wait`: what arrived, and whether the peer closed.
+pub async fn raw_read(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (out, closed)
 }
 
 /// The status code of a raw HTTP/1.1 response.
