@@ -86,6 +86,10 @@ async fn process(
     client: SocketAddr,
     decision: &mut Decision,
 ) -> Result<Outcome, Refusal> {
+    // The HTTP/1 reader cannot be set below 8 KiB: a smaller configured limit is enforced here.
+    if header_bytes(req.headers()) > gw.limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
     let policy = gw.policy.load_full();
     let original_host = host_of(&req)?;
     let normal = path::normalise(req.uri().path()).map_err(|e| Refusal::BadPath(e.to_string()))?;
@@ -202,6 +206,14 @@ fn host_of(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal> {
         (Some(authority), None) => Ok(HeaderValue::from_str(authority.as_str()).ok()),
         _ => Ok(host),
     }
+}
+
+/// The size of the header fields as HTTP/1.1 writes them (`name: value` and CRLF each).
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
