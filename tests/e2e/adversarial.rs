@@ -1106,3 +1106,133 @@ async fn a_method_override_does_not_change_the_examined_method() {
     rsp.assert_refused(405, "method_not_allowed");
     assert!(up.seen().is_empty());
 }
+
+both!(whitespace_around_the_purpose);
+async fn whitespace_around_the_purpose(proto: Proto) {
+    let up = Upstream::replying(Reply::json(&contact("1"))).await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    let rsp = gw
+        .get(ONE)
+        .header("x-api-key", NEWSLETTER_KEY)
+        .header("x-purpose", " marketing ")
+        .over(proto)
+        .send()
+        .await;
+    match proto {
+        // HTTP/1.1 parsing removes the whitespace around a field value.
+        Proto::H1 => assert_eq!(rsp.ok_json(), marketing_view("1")),
+        // HTTP/2 carries it as it is: not a purpose the policy knows.
+        Proto::H2 => rsp.assert_refused(403, "purpose_unknown"),
+    }
+    assert_no_marketing_leak(&rsp.text());
+}
+
+#[tokio::test]
+async fn methods_and_targets_outside_the_policy_are_refused() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up).start().await;
+    let auth = format!("x-api-key: {APP_KEY}\r\nx-purpose: support\r\n");
+    let cases = [
+        // Methods are case-sensitive: `get` is not GET, on a route or a passthrough entry.
+        (format!("get {LIST} HTTP/1.1\r\nhost: gw\r\n{auth}"), 405),
+        ("get /health HTTP/1.1\r\nhost: gw\r\n".to_owned(), 401),
+        (format!("head {ONE} HTTP/1.1\r\nhost: gw\r\n{auth}"), 405),
+        (format!("TRACE {LIST} HTTP/1.1\r\nhost: gw\r\n{auth}"), 405),
+        ("TRACE /health HTTP/1.1\r\nhost: gw\r\n".to_owned(), 401),
+        (format!("OPTIONS * HTTP/1.1\r\nhost: gw\r\n{auth}"), 400),
+        (
+            format!(
+                "CONNECT {} HTTP/1.1\r\nhost: {}\r\n{auth}",
+                up.addr, up.addr
+            ),
+            400,
+        ),
+    ];
+    for (head, status) in cases {
+        let request = format!("{head}connection: close\r\n\r\n");
+        let (rsp, _) = raw_try(gw.addr, request.as_bytes(), Duration::from_secs(2)).await;
+        let text = String::from_utf8_lossy(&rsp);
+        assert_eq!(raw_status(&rsp), status, "{head}: {text}");
+        assert!(!text.contains("Lovelace"), "{head}");
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+}
+
+#[tokio::test]
+async fn an_http11_request_without_host_is_refused() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    // RFC 9112 §3.2: a server responds 400 to an HTTP/1.1 request without Host.
+    let head = marketing_head("GET", LIST, "HTTP/1.1", "connection: close\r\n");
+    let rsp = raw_exchange(gw.addr, head.as_bytes()).await;
+    assert_eq!(raw_status(&rsp), 400, "{}", String::from_utf8_lossy(&rsp));
+    assert_eq!(raw_json(&rsp)["reason"], "bad_request");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn request_trailers_are_not_forwarded() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up).start().await;
+    let request = format!(
+        "POST {SEARCH} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\nx-api-key: {APP_KEY}\r\n\
+         x-purpose: support\r\ntrailer: x-http-method-override, x-original-url\r\n\
+         transfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\
+         x-http-method-override: DELETE\r\nx-original-url: /crm/v3/objects/tickets\r\n\r\n"
+    );
+    let rsp = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert_eq!(raw_status(&rsp), 200, "{}", String::from_utf8_lossy(&rsp));
+    let seen = up.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, SEARCH);
+    assert_eq!(seen.body.as_ref(), b"{}");
+    assert!(seen.trailers.is_none(), "{:?}", seen.trailers);
+    assert_eq!(seen.header("trailer"), None);
+}
+
+both!(upstream_headers_carrying_personal_data_are_not_passed);
+async fn upstream_headers_carrying_personal_data_are_not_passed(proto: Proto) {
+    let reply = Reply::json(&contacts(&["1"]))
+        .header(
+            "content-location",
+            "/crm/v3/objects/contacts?email=ada1@example.com",
+        )
+        .header(
+            "link",
+            "</crm/v3/objects/contacts?email=ada1@example.com>; rel=self",
+        )
+        .header("location", "/crm/v3/objects/contacts/ada1@example.com")
+        .header("refresh", "0; url=/contacts?email=ada1@example.com")
+        .header("set-cookie", "crm_user=ada1@example.com; Path=/")
+        .header("x-contact-email", "ada1@example.com")
+        .header(
+            "x-debug-query",
+            "email = ada1@example.com AND city = London",
+        )
+        .header("x-request-id", "r-1");
+    let up = Upstream::replying(reply).await;
+    let gw = gateway(&up).start().await;
+    // Analytics sees a hashed id and the city, never the email.
+    let rsp = gw.get(LIST).purpose("analytics").over(proto).send().await;
+    let body = rsp.ok_json();
+    assert_eq!(
+        body["results"][0]["properties"],
+        json!({ "city": "London" })
+    );
+    let head = format!("{:?}", rsp.headers);
+    assert!(!head.contains("example.com"), "{head}");
+    assert!(!rsp.text().contains("example.com"));
+    for name in [
+        "content-location",
+        "link",
+        "location",
+        "refresh",
+        "set-cookie",
+    ] {
+        assert_eq!(rsp.header(name), None, "{name}");
+    }
+    // A request id says nothing about the data and passes.
+    assert_eq!(rsp.header("x-request-id"), Some("r-1"));
+}

@@ -243,6 +243,8 @@ pub struct Seen {
     pub target: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Trailer fields after the body, if any came.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Seen {
@@ -398,12 +400,14 @@ impl Upstream {
                     let script = script.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await?.to_bytes();
+                        let collected = body.collect().await?;
+                        let trailers = collected.trailers().cloned();
                         let seen = Seen {
                             method: parts.method.to_string(),
                             target: parts.uri.to_string(),
                             headers: parts.headers,
-                            body,
+                            body: collected.to_bytes(),
+                            trailers,
                         };
                         let reply = script(&seen);
                         log.lock().expect("not poisoned").push(seen);
@@ -508,6 +512,7 @@ fn parse_head(head: &[u8]) -> Seen {
         target,
         headers,
         body: Bytes::new(),
+        trailers: None,
     }
 }
 
