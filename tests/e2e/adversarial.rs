@@ -206,7 +206,8 @@ async fn api_key_tricks_are_refused(proto: Proto) {
     let longer = format!("{APP_KEY}x");
     let upper = APP_KEY.to_uppercase();
     let bearer = format!("Bearer {APP_KEY}");
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![("x-api-key", &joined)], 401, "ambiguous_credentials"),
         (
             vec![("x-api-key", &joined_spaced)],
