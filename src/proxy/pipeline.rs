@@ -205,9 +205,9 @@ fn host_of(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal> {
         }
         (Some(authority), None) => Ok(HeaderValue::from_str(authority.as_str()).ok()),
         // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
-        (None, None) if req.version() == http::Version::HTTP_11 => {
-            Err(Refusal::BadRequest("an HTTP/1.1 request needs a Host header"))
-        }
+        (None, None) if req.version() == http::Version::HTTP_11 => Err(Refusal::BadRequest(
+            "an HTTP/1.1 request needs a Host header",
+        )),
         _ => Ok(host),
     }
 }
