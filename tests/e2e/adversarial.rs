@@ -1237,3 +1237,86 @@ async fn upstream_headers_carrying_personal_data_are_not_passed(proto: Proto) {
     // A request id says nothing about the data and passes.
     assert_eq!(rsp.header("x-request-id"), Some("r-1"));
 }
+
+both!(subject_ids_are_compared_exactly);
+async fn subject_ids_are_compared_exactly(proto: Proto) {
+    // Consent for "1" and for "é" (NFC) only.
+    let body = concat!(
+        r#"{"results":["#,
+        r#"{"id":"1\u0000x","properties":{"email":"SECRET-MARKER-nul@example.org"}},"#,
+        r#"{"id":"e\u0301","properties":{"email":"SECRET-MARKER-nfd@example.org"}},"#,
+        r#"{"id":"1 ","properties":{"email":"SECRET-MARKER-space@example.org"}},"#,
+        r#"{"id":"\u0031","properties":{"email":"escaped@example.org"}},"#,
+        r#"{"id ":"1","properties":{"email":"SECRET-MARKER-key@example.org"}}"#,
+        r#"]}"#
+    );
+    let up = Upstream::replying(json_text(body)).await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    gw.grant("\u{e9}", "marketing").await;
+    let rsp = gw
+        .get(LIST)
+        .header("x-api-key", NEWSLETTER_KEY)
+        .header("x-purpose", "marketing")
+        .over(proto)
+        .send()
+        .await;
+    // The last record has no `id` member (its key is "id "): nothing to look up.
+    rsp.assert_refused(502, "upstream_unreadable");
+    assert!(!rsp.text().contains("SECRET-MARKER"));
+    let up = Upstream::replying(json_text(body.replace(
+        r#",{"id ":"1","properties":{"email":"SECRET-MARKER-key@example.org"}}"#,
+        "",
+    )))
+    .await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    gw.grant("\u{e9}", "marketing").await;
+    let rsp = gw
+        .get(LIST)
+        .header("x-api-key", NEWSLETTER_KEY)
+        .header("x-purpose", "marketing")
+        .over(proto)
+        .send()
+        .await;
+    // An escaped spelling is the same id; a NUL, a space or another normal form is another.
+    assert_eq!(
+        rsp.text(),
+        r#"{"results":[{"id":"\u0031","properties":{"email":"escaped@example.org"}}]}"#
+    );
+}
+
+both!(records_that_are_not_objects_are_refused);
+async fn records_that_are_not_objects_are_refused(proto: Proto) {
+    for body in [
+        r#"{"results":["ada1@example.com"]}"#,
+        r#"{"results":[["ada1@example.com"]]}"#,
+        r#"{"results":[1]}"#,
+        r#"{"results":[{"id":"1","properties":{"email":"ada1@example.com"}},"ada2@example.com"]}"#,
+    ] {
+        let rsp = marketing_sees(proto, json_text(body)).await;
+        rsp.assert_refused(502, "upstream_unreadable");
+        assert!(!rsp.text().contains("example.com"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_fragment_in_the_target_does_not_reach_the_upstream() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    for (target, forwarded) in [
+        (format!("{LIST}#/../tickets"), LIST.to_owned()),
+        (format!("{LIST}?a=1#/../../tickets"), format!("{LIST}?a=1")),
+    ] {
+        let head = marketing_head(
+            "GET",
+            &target,
+            "HTTP/1.1",
+            "host: gw\r\nconnection: close\r\n",
+        );
+        let rsp = raw_exchange(gw.addr, head.as_bytes()).await;
+        assert_eq!(raw_json(&rsp), marketing_list(&["1"]));
+        assert_eq!(up.last().target, forwarded);
+    }
+}
