@@ -1320,3 +1320,28 @@ async fn a_fragment_in_the_target_does_not_reach_the_upstream() {
         assert_eq!(up.last().target, forwarded);
     }
 }
+
+#[tokio::test]
+async fn an_upstream_that_holds_its_head_back_times_out() {
+    let slow = || Reply::json(&contacts(&["1"])).head_after(Duration::from_secs(3));
+    // The response-head timeout.
+    let up = Upstream::replying(slow()).await;
+    let gw = gateway(&up)
+        .config(|c| c.timeouts.header_ms = 300)
+        .start()
+        .await;
+    let started = Instant::now();
+    let rsp = gw.get(LIST).purpose("support").send().await;
+    rsp.assert_refused(504, "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // The total timeout bounds the whole exchange, the wait for the head included.
+    let up = Upstream::replying(slow()).await;
+    let gw = gateway(&up)
+        .config(|c| c.timeouts.total_ms = 300)
+        .start()
+        .await;
+    let started = Instant::now();
+    let rsp = gw.get(LIST).purpose("support").send().await;
+    rsp.assert_refused(504, "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+}

@@ -260,6 +260,8 @@ pub struct Reply {
     headers: Vec<(String, String)>,
     /// The body, each part sent after its delay; one undelayed part is sent with a length.
     parts: Vec<(Duration, Bytes)>,
+    /// How long the response head is held back.
+    head_delay: Duration,
 }
 
 impl Reply {
@@ -274,6 +276,7 @@ impl Reply {
             status: 200,
             headers: Vec::new(),
             parts: vec![(Duration::ZERO, body.into())],
+            head_delay: Duration::ZERO,
         }
     }
 
@@ -312,6 +315,12 @@ impl Reply {
             .chunks(size.max(1))
             .map(|c| (delay, Bytes::copy_from_slice(c)))
             .collect();
+        self
+    }
+
+    /// Holds the response head back for `delay`.
+    pub fn head_after(mut self, delay: Duration) -> Self {
+        self.head_delay = delay;
         self
     }
 
@@ -411,6 +420,7 @@ impl Upstream {
                         };
                         let reply = script(&seen);
                         log.lock().expect("not poisoned").push(seen);
+                        tokio::time::sleep(reply.head_delay).await;
                         Ok::<_, hyper::Error>(reply.into_response())
                     }
                 });
