@@ -90,13 +90,24 @@ async fn process(
     if header_bytes(req.headers()) > gw.limits.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
     }
+    // `timeouts.total_ms` bounds the whole exchange with the upstream, from here on.
+    let deadline = tokio::time::Instant::now() + gw.total_timeout;
     let policy = gw.policy.load_full();
     let original_host = host_of(&req)?;
     let normal = path::normalise(req.uri().path()).map_err(|e| Refusal::BadPath(e.to_string()))?;
 
     let matched = policy.match_path(req.method(), &normal.segments);
     if let Matched::Passthrough = matched {
-        let rsp = forward(gw, req, &normal.text, client, original_host, false).await?;
+        let rsp = forward(
+            gw,
+            req,
+            &normal.text,
+            client,
+            original_host,
+            false,
+            deadline,
+        )
+        .await?;
         let (mut parts, incoming) = rsp.into_parts();
         request::strip_hop_by_hop(&mut parts.headers);
         return Ok(Outcome::Passthrough(Response::from_parts(
@@ -150,8 +161,9 @@ async fn process(
     if head {
         *req.method_mut() = Method::GET;
     }
-    let rsp = forward(gw, req, &normal.text, client, original_host, true).await?;
+    let rsp = forward(gw, req, &normal.text, client, original_host, true, deadline).await?;
     let protected = Protected {
+        deadline,
         policy: policy.clone(),
         route_index,
         purpose_id,
@@ -173,6 +185,7 @@ async fn forward(
     client: SocketAddr,
     original_host: Option<HeaderValue>,
     protected: bool,
+    deadline: tokio::time::Instant,
 ) -> Result<Response<Incoming>, Refusal> {
     let (parts, incoming) = req.into_parts();
     let uri = gw.upstream.uri_for(path, parts.uri.query())?;
@@ -188,7 +201,9 @@ async fn forward(
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
     *up.headers_mut() = headers;
-    gw.upstream.send(up).await
+    tokio::time::timeout_at(deadline, gw.upstream.send(up))
+        .await
+        .map_err(|_| Refusal::UpstreamTimeout)?
 }
 
 /// The host the client addressed. An absolute-form target naming another host than `Host`

@@ -46,6 +46,8 @@ pub struct Protected {
     pub gpc: bool,
     pub head: bool,
     pub caller: Box<str>,
+    /// The end of the whole exchange with the upstream (`timeouts.total_ms`).
+    pub deadline: tokio::time::Instant,
 }
 
 /// Checks an upstream response and redacts its body: inline until the body is complete or
@@ -244,7 +246,7 @@ impl BodyJob {
             held: Vec::new(),
             discarded: 0,
             read: 0,
-            deadline: tokio::time::Instant::now() + gw.total_timeout,
+            deadline: req.deadline,
             started: Instant::now(),
         })
     }
