@@ -1345,3 +1345,29 @@ async fn an_upstream_that_holds_its_head_back_times_out() {
     rsp.assert_refused(504, "upstream_timeout");
     assert!(started.elapsed() < Duration::from_millis(2500));
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_cut_off_and_frees_its_slot() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up)
+        .config(|c| {
+            c.timeouts.client_header_ms = 300;
+            c.limits.max_connections = 2;
+        })
+        .start()
+        .await;
+    // Nothing at all, or the start of the HTTP/2 preface and then nothing.
+    let started = Instant::now();
+    let silent = tokio::spawn(raw_try(gw.addr, b"", Duration::from_secs(3)));
+    let partial = tokio::spawn(raw_try(gw.addr, b"PRI * HTTP/2", Duration::from_secs(3)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Both slots are taken; this client waits for one to be freed.
+    let rsp = gw.get(LIST).purpose("support").send().await;
+    assert_eq!(rsp.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for task in [silent, partial] {
+        let (got, closed) = task.await.unwrap();
+        assert!(closed, "a silent connection stays open");
+        assert!(got.is_empty() || raw_status(&got) == 408);
+    }
+}
