@@ -1371,3 +1371,29 @@ async fn a_silent_connection_is_cut_off_and_frees_its_slot() {
         assert!(got.is_empty() || raw_status(&got) == 408);
     }
 }
+
+#[tokio::test]
+async fn idle_connections_are_cut_off() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up)
+        .config(|c| c.timeouts.client_header_ms = 300)
+        .start()
+        .await;
+    // HTTP/1.1: kept alive after a response, then silent.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "GET {LIST} HTTP/1.1\r\nhost: gw\r\nx-api-key: {APP_KEY}\r\nx-purpose: support\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (got, closed) = raw_read(&mut stream, Duration::from_secs(3)).await;
+    assert!(closed, "an idle keep-alive connection stays open");
+    assert_eq!(raw_status(&got), 200);
+    // HTTP/2: the preface, then nothing (no SETTINGS, no answer to pings).
+    let (_, closed) = raw_try(
+        gw.addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(closed, "a silent HTTP/2 connection stays open");
+}
