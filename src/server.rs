@@ -34,6 +34,10 @@ pub async fn run(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX))
+        // A peer that does not answer pings within the client header timeout is gone or not
+        // speaking HTTP/2: its connection slot is freed.
+        .keep_alive_interval(Duration::from_millis(config.timeouts.client_header_ms))
+        .keep_alive_timeout(Duration::from_millis(config.timeouts.client_header_ms))
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     let header_timeout = Duration::from_millis(config.timeouts.client_header_ms);
