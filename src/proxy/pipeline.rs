@@ -86,8 +86,10 @@ async fn process(
     client: SocketAddr,
     decision: &mut Decision,
 ) -> Result<Outcome, Refusal> {
-    // The HTTP/1 reader cannot be set below 8 KiB: a smaller configured limit is enforced here.
-    if header_bytes(req.headers()) > gw.limits.max_header_bytes {
+    // The HTTP/1 reader cannot be set below 8 KiB: a smaller configured limit is enforced here,
+    // on the request target and the header fields.
+    let target = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
+    if target + header_bytes(req.headers()) > gw.limits.max_header_bytes {
         return Err(Refusal::HeadersTooLarge);
     }
     // `timeouts.total_ms` bounds the whole exchange with the upstream, from here on.
