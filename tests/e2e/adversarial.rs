@@ -708,8 +708,8 @@ async fn personal_data_in_unexpected_places_is_minimised(proto: Proto) {
     assert_eq!(rsp.ok_json(), want);
 }
 
-both!(non_json_number_literals_are_refused);
-async fn non_json_number_literals_are_refused(proto: Proto) {
+both!(non_json_literals_are_refused);
+async fn non_json_literals_are_refused(proto: Proto) {
     let list = contacts(&["1"]).to_string();
     let cases = [
         list.replace("1234", "NaN"),
@@ -720,6 +720,16 @@ async fn non_json_number_literals_are_refused(proto: Proto) {
         list.replace("1234", "0x10"),
         list.replace("1234", "+1"),
         list.replace("1234", "01"),
+        list.replace("1234", "1."),
+        list.replace("1234", ".5"),
+        list.replace("1234", "-"),
+        list.replace("1234", "1e"),
+        list.replace("\"crm-only\"", "\"\\x41\""),
+        list.replace("\"crm-only\"", "'crm-only'"),
+        list.replace("\"crm-only\"", "/* c */ \"crm-only\""),
+        list.replace(",\"paging\"", ",\u{b}\"paging\""),
+        list.replace(",\"paging\"", ",\u{a0}\"paging\""),
+        list.replace("\"crm-only\"", "true1"),
     ];
     for body in cases {
         assert_ne!(body, list, "the case changes the body");
@@ -1439,4 +1449,39 @@ async fn upstream_trailers_are_not_passed() {
         .send()
         .await;
     assert_eq!(rsp.ok_json(), marketing_list(&["1"]));
+}
+
+both!(head_is_never_sent_upstream_on_a_protected_route);
+async fn head_is_never_sent_upstream_on_a_protected_route(proto: Proto) {
+    let full = contacts(&["1"]).to_string();
+    let len = full.len().to_string();
+    let up = Upstream::serve(move |seen| {
+        if seen.method == "HEAD" {
+            // What a CRM would answer to HEAD: the length of the unredacted body.
+            Reply::bytes("")
+                .header("content-type", "application/json")
+                .header("x-unredacted-length", &len)
+        } else {
+            json_text(full.clone())
+        }
+    })
+    .await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    let call = |method: Method| {
+        gw.call(method, LIST)
+            .header("x-api-key", NEWSLETTER_KEY)
+            .header("x-purpose", "marketing")
+            .over(proto)
+    };
+    let get = call(Method::GET).send().await;
+    let head = call(Method::HEAD).send().await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str())
+    );
+    assert_eq!(head.header("x-unredacted-length"), None);
+    assert!(up.seen().iter().all(|s| s.method == "GET"));
 }
