@@ -1485,3 +1485,23 @@ async fn head_is_never_sent_upstream_on_a_protected_route(proto: Proto) {
     assert_eq!(head.header("x-unredacted-length"), None);
     assert!(up.seen().iter().all(|s| s.method == "GET"));
 }
+
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_off_at_the_total_timeout() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up)
+        .config(|c| c.timeouts.total_ms = 500)
+        .start()
+        .await;
+    let head = format!(
+        "POST {SEARCH} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\nx-api-key: {APP_KEY}\r\n\
+         x-purpose: support\r\ncontent-length: 100\r\n\r\n{{\"a\":"
+    );
+    let started = Instant::now();
+    let (rsp, closed) = raw_try(gw.addr, head.as_bytes(), Duration::from_secs(4)).await;
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(raw_status(&rsp), 504, "{}", String::from_utf8_lossy(&rsp));
+    assert_eq!(raw_json(&rsp)["reason"], "upstream_timeout");
+    assert!(up.seen().is_empty(), "a request went upstream whole");
+}
