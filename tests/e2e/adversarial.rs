@@ -1505,3 +1505,28 @@ async fn a_stalled_request_body_is_cut_off_at_the_total_timeout() {
     assert_eq!(raw_json(&rsp)["reason"], "upstream_timeout");
     assert!(up.seen().is_empty(), "a request went upstream whole");
 }
+
+#[tokio::test]
+#[ignore = "gateway flaw: `keep` on a declared leaf field (firstname, email, createdAt) passes an \
+            object or array value whole, so members nested under it that no policy declares \
+            (here a health note, an SSN, a birth date) reach a purpose that drops them; \
+            minimisation only reaches undeclared paths beside declared ones. A fix changes the \
+            documented meaning of `keep` for leaves (null or refuse non-scalar values where the \
+            policy declares no fields beneath) and needs a policy-language decision"]
+async fn structure_nested_under_a_kept_leaf_field_is_not_passed() {
+    let mut c = contact("1");
+    c["properties"]["firstname"] = json!({ "v": "Ada", "health_notes": "SECRET-MARKER-asthma" });
+    c["properties"]["email"] = json!(["ada1@example.com", { "ssn": "SECRET-MARKER-ssn" }]);
+    c["createdAt"] = json!({ "at": "2024", "dob": "SECRET-MARKER-dob" });
+    let up = Upstream::replying(Reply::json(&json!({ "results": [c] }))).await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    let rsp = gw
+        .get(LIST)
+        .header("x-api-key", NEWSLETTER_KEY)
+        .header("x-purpose", "marketing")
+        .send()
+        .await;
+    assert!(rsp.status == 200 || rsp.status == 502, "{}", rsp.text());
+    assert!(!rsp.text().contains("SECRET-MARKER"), "{}", rsp.text());
+}
