@@ -1530,3 +1530,40 @@ async fn structure_nested_under_a_kept_leaf_field_is_not_passed() {
     assert!(rsp.status == 200 || rsp.status == 502, "{}", rsp.text());
     assert!(!rsp.text().contains("SECRET-MARKER"), "{}", rsp.text());
 }
+
+#[tokio::test]
+async fn connection_naming_gateway_headers_changes_nothing() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    // Naming the credentials hop-by-hop neither hides them from the gateway nor drops the
+    // framing of the forwarded body.
+    let request = format!(
+        "POST {SEARCH} HTTP/1.1\r\nhost: gw\r\n\
+         connection: close, content-length, x-purpose, x-api-key, host, x-forwarded-for\r\n\
+         x-api-key: {NEWSLETTER_KEY}\r\nx-purpose: marketing\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    let rsp = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert_eq!(raw_json(&rsp), json!({ "results": [marketing_view("1")] }));
+    assert_no_marketing_leak(&String::from_utf8_lossy(&rsp));
+    let seen = up.last();
+    assert_eq!(seen.body.as_ref(), b"{}");
+    assert_eq!(seen.header("host"), Some(up.addr.to_string().as_str()));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-api-key"), None);
+}
+
+#[tokio::test]
+async fn an_http2_host_other_than_the_authority_is_refused() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up).start().await;
+    let rsp = gw
+        .get(LIST)
+        .purpose("support")
+        .header("host", "crm.internal.example")
+        .over(Proto::H2)
+        .send()
+        .await;
+    rsp.assert_refused(400, "bad_request");
+    assert!(up.seen().is_empty());
+}
