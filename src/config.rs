@@ -44,7 +44,7 @@ pub struct LimitsConfig {
     pub max_depth: usize,
     /// Largest request body forwarded upstream.
     pub max_request_body_bytes: u64,
-    /// Largest request head (HTTP/1.1) or header list (HTTP/2).
+    /// Largest request head: the request target and the header fields.
     pub max_header_bytes: usize,
     /// Concurrent client connections.
     pub max_connections: usize,
@@ -60,7 +60,8 @@ pub struct TimeoutsConfig {
     pub header_ms: u64,
     /// The whole exchange with the upstream, body included.
     pub total_ms: u64,
-    /// Reading a client's request head.
+    /// Reading a client's request head (and the first bytes of a new connection); an HTTP/2
+    /// peer that leaves a ping unanswered this long is dropped.
     pub client_header_ms: u64,
     /// Draining requests in flight on shutdown.
     pub shutdown_ms: u64,

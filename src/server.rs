@@ -34,8 +34,13 @@ pub async fn run(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX))
+        // A peer that does not answer pings within the client header timeout is gone or not
+        // speaking HTTP/2: its connection slot is freed.
+        .keep_alive_interval(Duration::from_millis(config.timeouts.client_header_ms))
+        .keep_alive_timeout(Duration::from_millis(config.timeouts.client_header_ms))
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
+    let header_timeout = Duration::from_millis(config.timeouts.client_header_ms);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
     tokio::pin!(shutdown);
@@ -65,11 +70,16 @@ pub async fn run(
             let gw = gw.clone();
             async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gw, req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            // The protocol detection has no timeout of its own: a client that sends nothing
+            // (or part of the HTTP/2 preface) would hold its connection slot for ever.
+            if sniff(&stream, header_timeout).await {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
             }
             drop(permit);
         });
@@ -80,6 +90,27 @@ pub async fn run(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing"),
     }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, at most `limit`, until the first bytes on `stream` tell HTTP/1 from HTTP/2 (the
+/// whole preface, or a byte that departs from it). `false`: the client closed or was too slow.
+async fn sniff(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; PREFACE.len()];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                // Part of the preface: peeking again returns at once, so wait a little.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Resolves on SIGTERM or SIGINT.

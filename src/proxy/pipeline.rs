@@ -86,13 +86,30 @@ async fn process(
     client: SocketAddr,
     decision: &mut Decision,
 ) -> Result<Outcome, Refusal> {
+    // The HTTP/1 reader cannot be set below 8 KiB: a smaller configured limit is enforced here,
+    // on the request target and the header fields.
+    let target = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
+    if target + header_bytes(req.headers()) > gw.limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    // `timeouts.total_ms` bounds the whole exchange with the upstream, from here on.
+    let deadline = tokio::time::Instant::now() + gw.total_timeout;
     let policy = gw.policy.load_full();
     let original_host = host_of(&req)?;
     let normal = path::normalise(req.uri().path()).map_err(|e| Refusal::BadPath(e.to_string()))?;
 
     let matched = policy.match_path(req.method(), &normal.segments);
     if let Matched::Passthrough = matched {
-        let rsp = forward(gw, req, &normal.text, client, original_host, false).await?;
+        let rsp = forward(
+            gw,
+            req,
+            &normal.text,
+            client,
+            original_host,
+            false,
+            deadline,
+        )
+        .await?;
         let (mut parts, incoming) = rsp.into_parts();
         request::strip_hop_by_hop(&mut parts.headers);
         return Ok(Outcome::Passthrough(Response::from_parts(
@@ -146,8 +163,9 @@ async fn process(
     if head {
         *req.method_mut() = Method::GET;
     }
-    let rsp = forward(gw, req, &normal.text, client, original_host, true).await?;
+    let rsp = forward(gw, req, &normal.text, client, original_host, true, deadline).await?;
     let protected = Protected {
+        deadline,
         policy: policy.clone(),
         route_index,
         purpose_id,
@@ -169,6 +187,7 @@ async fn forward(
     client: SocketAddr,
     original_host: Option<HeaderValue>,
     protected: bool,
+    deadline: tokio::time::Instant,
 ) -> Result<Response<Incoming>, Refusal> {
     let (parts, incoming) = req.into_parts();
     let uri = gw.upstream.uri_for(path, parts.uri.query())?;
@@ -184,7 +203,9 @@ async fn forward(
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
     *up.headers_mut() = headers;
-    gw.upstream.send(up).await
+    tokio::time::timeout_at(deadline, gw.upstream.send(up))
+        .await
+        .map_err(|_| Refusal::UpstreamTimeout)?
 }
 
 /// The host the client addressed. An absolute-form target naming another host than `Host`
@@ -200,8 +221,20 @@ fn host_of(req: &Request<Incoming>) -> Result<Option<HeaderValue>, Refusal> {
             Err(Refusal::BadRequest("the request target names another host"))
         }
         (Some(authority), None) => Ok(HeaderValue::from_str(authority.as_str()).ok()),
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400.
+        (None, None) if req.version() == http::Version::HTTP_11 => Err(Refusal::BadRequest(
+            "an HTTP/1.1 request needs a Host header",
+        )),
         _ => Ok(host),
     }
+}
+
+/// The size of the header fields as HTTP/1.1 writes them (`name: value` and CRLF each).
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

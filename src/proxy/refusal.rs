@@ -45,6 +45,8 @@ pub enum Refusal {
     BodyTooLarge,
     #[error("the request body is larger than the limit")]
     RequestTooLarge,
+    #[error("the request header fields are larger than the limit")]
+    HeadersTooLarge,
     #[error("the upstream cannot be reached")]
     UpstreamUnavailable,
     #[error("the upstream did not answer in time")]
@@ -74,6 +76,7 @@ impl Refusal {
             Self::UpstreamStatus(_) => "upstream_error",
             Self::BodyTooLarge => "body_too_large",
             Self::RequestTooLarge => "request_too_large",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "internal_error",
@@ -103,6 +106,7 @@ impl Refusal {
             | Self::BodyTooLarge
             | Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,6 +121,7 @@ impl Refusal {
             404 => "Not found",
             405 => "Method not allowed",
             413 => "Payload too large",
+            431 => "Request header fields too large",
             502 => "Bad gateway",
             504 => "Gateway timeout",
             s if s >= 500 => "Upstream or gateway error",

@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 use super::Gateway;
 use super::body::{self, Body, BoxError, ChannelBody, Coding, Decoded};
 use super::refusal::Refusal;
-use super::request::strip_hop_by_hop;
 use crate::consent::decide::Consent;
 use crate::policy::compiled::{CompiledPolicy, PurposeId};
 use crate::redact::{Limits, RedactError, Redactor};
@@ -25,23 +24,17 @@ use crate::redact::{Limits, RedactError, Redactor};
 /// Output held back before the response head is sent.
 pub const HOLD_BYTES: usize = 32 * 1024;
 
-/// Headers that describe the upstream's body, not the redacted one.
-const BODY_HEADERS: &[&str] = &[
-    "content-length",
-    "content-encoding",
-    "content-type",
-    "content-md5",
-    "content-range",
-    "content-digest",
-    "repr-digest",
-    "digest",
-    "want-digest",
-    "etag",
-    "last-modified",
-    "accept-ranges",
-    "cache-control",
-    "expires",
-    "vary",
+/// The only upstream headers a protected response passes on. Anything else the upstream sends
+/// in its head (a Location, Link or cookie naming a subject, a debug header) is not examined, so
+/// it is not passed; headers describing the original body are recomputed.
+const PASSED_HEADERS: &[&str] = &[
+    "date",
+    "retry-after",
+    "x-request-id",
+    "request-id",
+    "x-correlation-id",
+    "traceparent",
+    "tracestate",
 ];
 
 /// Everything the body task needs to know about the request.
@@ -53,6 +46,8 @@ pub struct Protected {
     pub gpc: bool,
     pub head: bool,
     pub caller: Box<str>,
+    /// The end of the whole exchange with the upstream (`timeouts.total_ms`).
+    pub deadline: tokio::time::Instant,
 }
 
 /// Checks an upstream response and redacts its body: inline until the body is complete or
@@ -121,12 +116,14 @@ pub async fn protect(
     }
 }
 
-/// The response head for a redacted body: the upstream's end-to-end headers, minus those
-/// that describe the original body, plus the gateway's caching rules.
+/// The response head for a redacted body: the few upstream headers in [`PASSED_HEADERS`], plus
+/// the gateway's content type, length and caching rules.
 fn finish_head(mut parts: http::response::Parts, body: Body, len: Option<u64>) -> Response<Body> {
-    strip_hop_by_hop(&mut parts.headers);
-    for name in BODY_HEADERS {
-        parts.headers.remove(*name);
+    let upstream = std::mem::take(&mut parts.headers);
+    for name in PASSED_HEADERS {
+        for value in upstream.get_all(*name) {
+            parts.headers.append(*name, value.clone());
+        }
     }
     let h = &mut parts.headers;
     if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::RESET_CONTENT {
@@ -249,7 +246,7 @@ impl BodyJob {
             held: Vec::new(),
             discarded: 0,
             read: 0,
-            deadline: tokio::time::Instant::now() + gw.total_timeout,
+            deadline: req.deadline,
             started: Instant::now(),
         })
     }

@@ -15,6 +15,7 @@
 
 mod support;
 
+mod adversarial;
 mod consent;
 pub mod fail_closed;
 mod identity;

@@ -243,6 +243,8 @@ pub struct Seen {
     pub target: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Trailer fields after the body, if any came.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Seen {
@@ -258,6 +260,8 @@ pub struct Reply {
     headers: Vec<(String, String)>,
     /// The body, each part sent after its delay; one undelayed part is sent with a length.
     parts: Vec<(Duration, Bytes)>,
+    /// How long the response head is held back.
+    head_delay: Duration,
 }
 
 impl Reply {
@@ -272,6 +276,7 @@ impl Reply {
             status: 200,
             headers: Vec::new(),
             parts: vec![(Duration::ZERO, body.into())],
+            head_delay: Duration::ZERO,
         }
     }
 
@@ -310,6 +315,29 @@ impl Reply {
             .chunks(size.max(1))
             .map(|c| (delay, Bytes::copy_from_slice(c)))
             .collect();
+        self
+    }
+
+    /// Holds the response head back for `delay`.
+    pub fn head_after(mut self, delay: Duration) -> Self {
+        self.head_delay = delay;
+        self
+    }
+
+    /// Sends the first `n` bytes of the body, then nothing for an hour (no Content-Length).
+    pub fn stall_after(mut self, n: usize) -> Self {
+        let whole: Vec<u8> = self.parts.iter().flat_map(|(_, b)| b.to_vec()).collect();
+        let n = n.min(whole.len());
+        self.parts = vec![
+            (
+                Duration::from_millis(1),
+                Bytes::copy_from_slice(&whole[..n]),
+            ),
+            (
+                Duration::from_secs(3600),
+                Bytes::copy_from_slice(&whole[n..]),
+            ),
+        ];
         self
     }
 
@@ -381,15 +409,18 @@ impl Upstream {
                     let script = script.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await?.to_bytes();
+                        let collected = body.collect().await?;
+                        let trailers = collected.trailers().cloned();
                         let seen = Seen {
                             method: parts.method.to_string(),
                             target: parts.uri.to_string(),
                             headers: parts.headers,
-                            body,
+                            body: collected.to_bytes(),
+                            trailers,
                         };
                         let reply = script(&seen);
                         log.lock().expect("not poisoned").push(seen);
+                        tokio::time::sleep(reply.head_delay).await;
                         Ok::<_, hyper::Error>(reply.into_response())
                     }
                 });
@@ -491,6 +522,7 @@ fn parse_head(head: &[u8]) -> Seen {
         target,
         headers,
         body: Bytes::new(),
+        trailers: None,
     }
 }
 
@@ -799,6 +831,31 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     .await
     .expect("the gateway closed the connection in time");
     out
+}
+
+/// Writes `request` to a new connection to `addr` and reads for at most `wait`: what arrived,
+/// and whether the gateway closed the connection in that time.
+pub async fn raw_try(addr: SocketAddr, request: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    raw_read(&mut stream, wait).await
+}
+
+/// Reads from `stream` for at most `wait`: what arrived, and whether the peer closed.
+pub async fn raw_read(stream: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (out, closed)
 }
 
 /// The status code of a raw HTTP/1.1 response.
