@@ -441,11 +441,21 @@ fn transform_leaf(t: &Transform, v: &J) -> J {
     parse_strict(&out).expect("a transform writes JSON")
 }
 
+/// True if `v` is or holds an object.
+fn holds_object(v: &J) -> bool {
+    match v {
+        J::Obj(_) => true,
+        J::Arr(items) => items.iter().any(holds_object),
+        _ => false,
+    }
+}
+
 /// `plan` applied to `v`; `None`: dropped.
 fn apply(plan: &ValuePlan, v: &J) -> Option<J> {
     match plan {
         ValuePlan::Drop => None,
         ValuePlan::Keep => Some(v.clone()),
+        ValuePlan::KeepScalar => Some(if holds_object(v) { J::Null } else { v.clone() }),
         ValuePlan::Transform(t) => Some(transform_leaf(t, v)),
         ValuePlan::Object(o) => match v {
             J::Obj(members) => Some(J::Obj(apply_members(o, members))),
@@ -982,6 +992,7 @@ fn any_plan() -> BoxedStrategy<ValuePlan> {
     plan_with(
         prop_oneof![
             2 => Just(ValuePlan::Keep),
+            1 => Just(ValuePlan::KeepScalar),
             1 => Just(ValuePlan::Drop),
             2 => transform().prop_map(ValuePlan::Transform),
         ]
@@ -1362,6 +1373,7 @@ fn decode_escapes(text: &str) -> String {
 fn kept_markers(plan: Option<&ValuePlan>, v: &J, out: &mut Vec<String>) {
     match (plan, v) {
         (Some(ValuePlan::Keep), _) => all_markers(v, out),
+        (Some(ValuePlan::KeepScalar), _) if !holds_object(v) => all_markers(v, out),
         (Some(ValuePlan::Object(o)), J::Obj(members)) => {
             for (k, m) in members {
                 kept_markers(member_plan(o, k), m, out);

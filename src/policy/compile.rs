@@ -83,6 +83,8 @@ struct Node {
     own: Option<(u8, Assigned)>,
     /// A declared special-category field is here.
     special: bool,
+    /// A declared field is here.
+    declared: bool,
     members: BTreeMap<Box<str>, Node>,
     others: Option<Box<Node>>,
     elements: Option<Box<Node>>,
@@ -106,6 +108,19 @@ impl Node {
             node.own = Some((prio, a));
         }
         self.shape_ok()
+    }
+
+    /// Marks the node at `steps` (created if needed) as a declared field.
+    fn mark_declared(&mut self, steps: &[Step]) {
+        let mut node = &mut *self;
+        for step in steps {
+            node = match step {
+                Step::Name(n) => node.members.entry(n.clone()).or_default(),
+                Step::Members => node.others.get_or_insert_with(Default::default),
+                Step::Elements => node.elements.get_or_insert_with(Default::default),
+            };
+        }
+        node.declared = true;
     }
 
     fn shape_ok(&self) -> bool {
@@ -155,7 +170,13 @@ impl Node {
             };
         }
         if self.members.is_empty() && self.others.is_none() {
-            return eff.map_or(ValuePlan::Drop, |a| a.plan.clone());
+            return match eff {
+                // A declared field that the policy does not describe further holds a value:
+                // a structure found there is not passed on whole.
+                Some(a) if a.plan == ValuePlan::Keep && self.declared => ValuePlan::KeepScalar,
+                Some(a) => a.plan.clone(),
+                None => ValuePlan::Drop,
+            };
         }
         let others = match &self.others {
             Some(o) => Some(o.plan(eff)),
@@ -193,6 +214,7 @@ fn merge(mut base: Node, over: Node) -> Node {
         base.own = over.own;
     }
     base.special |= over.special;
+    base.declared |= over.declared;
     for (k, v) in over.members {
         let merged = match base.members.remove(&k) {
             Some(b) => merge(b, v),
@@ -963,6 +985,9 @@ fn compile_object(
             );
         }
     }
+    for (steps, _) in &declared {
+        np.mark_declared(steps);
+    }
     np.spread_wildcards();
     let non_personal = root_plan(&np);
 
@@ -975,6 +1000,7 @@ fn compile_object(
             if ctx.taxonomy.is_special(cat) && !root.insert(steps, None, true) {
                 shape_error = true;
             }
+            root.mark_declared(steps);
         }
         // selector key -> (action, location), for conflicts.
         let mut chosen: HashMap<String, (Assigned, String, String)> = HashMap::new();

@@ -168,6 +168,10 @@ pub enum ValuePlan {
     Drop,
     /// Copy the value as it is, whatever its type.
     Keep,
+    /// Copy a string, number, boolean or null (or an array holding only those) as it is; a
+    /// value holding an object becomes `null`. What `keep` means on a declared field: the
+    /// field's category describes a value, not a structure whose members no policy declares.
+    KeepScalar,
     /// Replace a value by a transformed one.
     Transform(Transform),
     /// Descend into an object; a value of another type is dropped.

@@ -210,7 +210,7 @@ fn representative_policy_compiles_to_expected_plans() {
     let marketing = search.views[0].as_ref().unwrap();
     let properties = obj(
         vec![
-            ("email", ValuePlan::Keep),
+            ("email", ValuePlan::KeepScalar),
             (
                 "phone",
                 ValuePlan::Transform(Transform::Mask {
@@ -226,7 +226,7 @@ fn representative_policy_compiles_to_expected_plans() {
     assert_eq!(
         marketing.record,
         obj(
-            vec![("id", ValuePlan::Keep), ("properties", properties)],
+            vec![("id", ValuePlan::KeepScalar), ("properties", properties)],
             None
         )
     );
@@ -242,10 +242,10 @@ fn representative_policy_compiles_to_expected_plans() {
         marketing.non_personal,
         obj(
             vec![
-                ("createdAt", ValuePlan::Keep),
+                ("createdAt", ValuePlan::KeepScalar),
                 (
                     "tags",
-                    ValuePlan::Array(Box::new(obj(vec![("label", ValuePlan::Keep)], None)))
+                    ValuePlan::Array(Box::new(obj(vec![("label", ValuePlan::KeepScalar)], None)))
                 ),
             ],
             None
@@ -264,8 +264,13 @@ fn representative_policy_compiles_to_expected_plans() {
                     "properties",
                     obj(
                         vec![
-                            ("allergies", ValuePlan::Keep),
-                            ("health_notes", ValuePlan::Drop)
+                            ("allergies", ValuePlan::KeepScalar),
+                            ("city", ValuePlan::KeepScalar),
+                            ("dob", ValuePlan::KeepScalar),
+                            ("email", ValuePlan::KeepScalar),
+                            ("health_notes", ValuePlan::Drop),
+                            ("phone", ValuePlan::KeepScalar),
+                            ("tier", ValuePlan::KeepScalar)
                         ],
                         Some(ValuePlan::Keep)
                     )
@@ -296,16 +301,32 @@ fn representative_policy_compiles_to_expected_plans() {
     assert_eq!(
         analytics.record,
         obj(
-            vec![(
-                "properties",
-                obj(
-                    vec![
-                        ("allergies", ValuePlan::Drop),
-                        ("health_notes", ValuePlan::Drop)
-                    ],
-                    Some(ValuePlan::Keep)
+            vec![
+                ("createdAt", ValuePlan::KeepScalar),
+                ("id", ValuePlan::KeepScalar),
+                (
+                    "properties",
+                    obj(
+                        vec![
+                            ("allergies", ValuePlan::Drop),
+                            ("city", ValuePlan::KeepScalar),
+                            ("dob", ValuePlan::KeepScalar),
+                            ("email", ValuePlan::KeepScalar),
+                            ("health_notes", ValuePlan::Drop),
+                            ("phone", ValuePlan::KeepScalar),
+                            ("tier", ValuePlan::KeepScalar)
+                        ],
+                        Some(ValuePlan::Keep)
+                    )
+                ),
+                (
+                    "tags",
+                    ValuePlan::Array(Box::new(obj(
+                        vec![("label", ValuePlan::KeepScalar)],
+                        Some(ValuePlan::Keep)
+                    )))
                 )
-            )],
+            ],
             Some(ValuePlan::Keep)
         )
     );
@@ -347,7 +368,10 @@ routes:
 "#,
     );
     let view = p.routes[0].views[0].as_ref().unwrap();
-    assert_eq!(view.record, obj(vec![("email", ValuePlan::Keep)], None));
+    assert_eq!(
+        view.record,
+        obj(vec![("email", ValuePlan::KeepScalar)], None)
+    );
 }
 
 #[test]
@@ -416,7 +440,7 @@ fn benchmark_policy_compiles() {
             "hs_lead_status",
         ]
         .into_iter()
-        .map(|k| (k, ValuePlan::Keep))
+        .map(|k| (k, ValuePlan::KeepScalar))
         .chain([(
             "phone",
             ValuePlan::Transform(Transform::Mask {
@@ -432,10 +456,10 @@ fn benchmark_policy_compiles() {
         view.record,
         obj(
             vec![
-                ("id", ValuePlan::Keep),
-                ("createdAt", ValuePlan::Keep),
-                ("updatedAt", ValuePlan::Keep),
-                ("archived", ValuePlan::Keep),
+                ("id", ValuePlan::KeepScalar),
+                ("createdAt", ValuePlan::KeepScalar),
+                ("updatedAt", ValuePlan::KeepScalar),
+                ("archived", ValuePlan::KeepScalar),
                 ("properties", props),
             ],
             None

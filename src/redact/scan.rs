@@ -122,6 +122,16 @@ impl Scanner {
                 out.extend_from_slice(cx.input.get(start..cx.pos).ok_or(ScanError::Malformed)?);
                 true
             }
+            Some(ValuePlan::KeepScalar) => {
+                self.skip(cx, byte, subject, depth)?;
+                let raw = cx.input.get(start..cx.pos).ok_or(ScanError::Malformed)?;
+                if byte == b'{' || (byte == b'[' && holds_object(raw)) {
+                    out.extend_from_slice(b"null");
+                } else {
+                    out.extend_from_slice(raw);
+                }
+                true
+            }
             Some(ValuePlan::Transform(t)) => {
                 let scalar = match byte {
                     b'"' => {
@@ -614,6 +624,28 @@ fn tag_of(key: &[u8]) -> u64 {
     };
     let last = key.last().copied().unwrap_or_default();
     u64::from_le_bytes(word) ^ ((key.len() as u64) << 48) ^ (u64::from(last) << 40).rotate_left(7)
+}
+
+/// True if a validated JSON value holds an object anywhere (a `{` outside strings).
+fn holds_object(raw: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in raw {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'{' {
+            return true;
+        }
+    }
+    false
 }
 
 /// Validates the escape at `i` (on its backslash); returns the offset after it.

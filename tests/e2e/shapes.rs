@@ -34,10 +34,13 @@ objects:
       $.Id: user.unique_id
       $.Name: user.name
       $.Email: user.contact.email
-      $.attributes: system.operations
+      # A structure is declared member by member: `keep` on a declared field passes a
+      # value, never an object no policy describes.
+      $.attributes.type: system.operations
+      $.attributes.url: system.operations
     rules:
       marketing:
-        - {{ paths: [$.Id, $.Name, $.attributes], action: keep }}
+        - {{ paths: [$.Id, $.Name, $.attributes.type, $.attributes.url], action: keep }}
 routes:
   - name: dynamics-contacts
     method: GET

@@ -213,3 +213,22 @@ fn a_number_ending_a_complete_input_is_whole() {
     let got = Scanner::new(4).scan(b"1.", true, None, None, &mut Vec::new());
     assert_eq!(got.map(|s| s.end), Err(ScanError::Malformed));
 }
+
+#[test]
+fn keep_scalar_passes_values_and_nulls_structures() {
+    let plan = ValuePlan::Object(ObjectPlan {
+        fields: vec![
+            ("a".into(), ValuePlan::KeepScalar),
+            ("b".into(), ValuePlan::KeepScalar),
+            ("c".into(), ValuePlan::KeepScalar),
+            ("d".into(), ValuePlan::KeepScalar),
+        ],
+        others: None,
+    });
+    let (out, _) = write(
+        r#"{"a":"x\"{","b":[1,["y{"]],"c":{"secret":1},"d":[1,{"secret":2}]}"#,
+        &plan,
+        None,
+    );
+    assert_eq!(out, r#"{"a":"x\"{","b":[1,["y{"]],"c":null,"d":null}"#);
+}
