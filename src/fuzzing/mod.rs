@@ -59,14 +59,16 @@ pub fn policy_compile(data: &[u8]) {
 // ------------------------------------------------------------------------------------------
 // path_normalise
 
-fn example_policy() -> Option<&'static CompiledPolicy> {
-    static POLICY: OnceLock<Option<CompiledPolicy>> = OnceLock::new();
-    POLICY
-        .get_or_init(|| {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
-            crate::policy::load_dir(&dir).ok()
-        })
-        .as_ref()
+/// The example policy of the repository (its routes are what paths are matched against).
+fn example_policy() -> &'static CompiledPolicy {
+    static POLICY: OnceLock<CompiledPolicy> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
+        match crate::policy::load_dir(&dir) {
+            Ok(policy) => policy,
+            Err(e) => panic!("the example policy does not compile:\n{}", e.render()),
+        }
+    })
 }
 
 /// What a path matches in the example policy, comparable.
@@ -133,7 +135,8 @@ fn check_path(path: &str) {
             "separator in segment {seg:?}: {path:?}"
         );
     }
-    if let (Some(policy), Ok(again)) = (example_policy(), again) {
+    if let Ok(again) = again {
+        let policy = example_policy();
         assert_eq!(
             matched(policy, segments),
             matched(policy, &again.segments),
