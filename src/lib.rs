@@ -18,6 +18,8 @@
 pub mod cli;
 pub mod config;
 pub mod consent;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod identity;
 pub mod ops;
 pub mod policy;

@@ -109,6 +109,14 @@ fn normalise_segment(raw: &str) -> Result<(String, String), PathError> {
             0 => return Err(PathError::Nul),
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::Parameter),
+            // A raw byte of a multi-byte character is sent percent-encoded, as its escape
+            // would be: pushing it as a `char` would re-encode it as another character.
+            0x80.. => {
+                encoded.push('%');
+                encoded.push_str(&format!("{b:02X}"));
+                decoded.push(b);
+                i += 1;
+            }
             _ => {
                 encoded.push(char::from(b));
                 decoded.push(b);
@@ -162,6 +170,22 @@ mod tests {
             assert_eq!(norm(input).as_deref(), Ok(want), "{input}");
             // Idempotent: the normal form is its own normal form.
             assert_eq!(norm(want).as_deref(), Ok(want), "{want}");
+        }
+    }
+
+    #[test]
+    fn encodes_raw_non_ascii_like_its_escape() {
+        // The request line may carry raw UTF-8 (http accepts it): the normal form is the
+        // escaped one, so that what is matched is what is sent.
+        assert!(http::Uri::try_from("/crm/v3/objects/contacts/é").is_ok());
+        for input in [
+            "/crm/v3/objects/contacts/é",
+            "/crm/v3/objects/contacts/%c3%a9",
+        ] {
+            let n = normalise(input).unwrap();
+            assert_eq!(n.text, "/crm/v3/objects/contacts/%C3%A9", "{input}");
+            assert_eq!(n.segments, vec!["crm", "v3", "objects", "contacts", "é"]);
+            assert_eq!(normalise(&n.text), Ok(n));
         }
     }
 
