@@ -215,7 +215,8 @@ impl PlanBytes<'_> {
         };
         match b % 8 {
             0 => ValuePlan::Drop,
-            1 | 2 => ValuePlan::Keep,
+            1 => ValuePlan::Keep,
+            2 => ValuePlan::KeepScalar,
             3 => ValuePlan::Transform(transform_of(b >> 3)),
             4..=6 if depth < 3 => ValuePlan::Object(self.object(depth + 1)),
             7 if depth < 3 => ValuePlan::Array(Box::new(self.plan(depth + 1))),

@@ -337,11 +337,21 @@ fn transform_leaf(t: &Transform, v: &J) -> J {
     }
 }
 
+/// True if `v` is or holds an object.
+fn holds_object(v: &J) -> bool {
+    match v {
+        J::Obj(_) => true,
+        J::Arr(items) => items.iter().any(holds_object),
+        _ => false,
+    }
+}
+
 /// `plan` applied to `v`; `None`: dropped.
 fn apply(plan: &ValuePlan, v: &J) -> Option<J> {
     match plan {
         ValuePlan::Drop => None,
         ValuePlan::Keep => Some(v.clone()),
+        ValuePlan::KeepScalar => Some(if holds_object(v) { J::Null } else { v.clone() }),
         ValuePlan::Transform(t) => Some(transform_leaf(t, v)),
         ValuePlan::Object(o) => match v {
             J::Obj(members) => Some(J::Obj(apply_members(o, members))),
