@@ -74,7 +74,7 @@ fn example_policy() -> &'static CompiledPolicy {
 /// What a path matches in the example policy, comparable.
 fn matched(policy: &CompiledPolicy, segments: &[String]) -> (Option<String>, Vec<String>, u8) {
     match policy.match_path(&http::Method::GET, segments) {
-        Matched::Route(route, params) => (
+        Matched::Route(_, route, params) => (
             Some(route.name.to_string()),
             params.into_iter().map(str::to_owned).collect(),
             0,

@@ -9,8 +9,9 @@ use super::compiled::{CompiledPolicy, PathTemplate, Route, Segment};
 /// What a request path is, for the policy.
 #[derive(Debug)]
 pub enum Matched<'p, 'r> {
-    /// A protected route (the method may still be one the route does not cover).
-    Route(&'p Route, Vec<&'r str>),
+    /// A protected route, with its index in `routes` (the method may still be one the route
+    /// does not cover).
+    Route(usize, &'p Route, Vec<&'r str>),
     /// A passthrough entry with this method.
     Passthrough,
     /// Nothing covers it.
@@ -49,9 +50,9 @@ impl CompiledPolicy {
         method: &http::Method,
         segments: &'r [String],
     ) -> Matched<'p, 'r> {
-        for route in &self.routes {
+        for (index, route) in self.routes.iter().enumerate() {
             if let Some(params) = route.path.matches(segments) {
-                return Matched::Route(route, params);
+                return Matched::Route(index, route, params);
             }
         }
         let method = if method == http::Method::HEAD {

@@ -122,7 +122,7 @@ async fn process(
     decision.caller = Some(caller.name.clone());
     let (purpose_id, purpose) = identity::resolve_purpose(req.headers(), caller, &policy)?;
     decision.purpose = Some(purpose.name.clone());
-    let Matched::Route(route, params) = matched else {
+    let Matched::Route(route_index, route, params) = matched else {
         return Err(Refusal::RouteNotCovered);
     };
     decision.route = Some(route.name.clone());
@@ -131,11 +131,6 @@ async fn process(
     if !route.methods.contains(effective) {
         return Err(Refusal::MethodNotAllowed);
     }
-    let route_index = policy
-        .routes
-        .iter()
-        .position(|r| std::ptr::eq(r, route))
-        .ok_or(Refusal::Internal)?;
     if route
         .views
         .get(usize::from(purpose_id))

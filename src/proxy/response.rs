@@ -97,7 +97,7 @@ pub async fn protect(
         Ok(true) => {
             job.decision_line(Ok(()), "redacted");
             let len = job.discarded + job.held.len() as u64;
-            let body = if job.head {
+            let body = if job.req.head {
                 body::empty()
             } else {
                 body::full(std::mem::take(&mut job.held))
@@ -191,12 +191,7 @@ fn refusal_of(e: &RedactError) -> Refusal {
 
 /// One protected body on its way through the redactor.
 struct BodyJob {
-    policy: Arc<CompiledPolicy>,
-    route_index: usize,
-    purpose_id: PurposeId,
-    gpc: bool,
-    head: bool,
-    caller: Box<str>,
+    req: Protected,
     redactor: Redactor,
     decoded: Decoded,
     /// Redacted output not sent yet.
@@ -235,18 +230,13 @@ impl BodyJob {
             limits,
         );
         Ok(Self {
-            policy: req.policy.clone(),
-            route_index: req.route_index,
-            purpose_id: req.purpose_id,
-            gpc: req.gpc,
-            head: req.head,
-            caller: req.caller,
+            deadline: req.deadline,
+            req,
             redactor,
             decoded,
             held: Vec::new(),
             discarded: 0,
             read: 0,
-            deadline: req.deadline,
             started: Instant::now(),
         })
     }
@@ -279,12 +269,16 @@ impl BodyJob {
             }
             while self.redactor.has_pending() {
                 let purpose = self
+                    .req
                     .policy
                     .purposes
-                    .get(usize::from(self.purpose_id))
+                    .get(usize::from(self.req.purpose_id))
                     .ok_or(Refusal::Internal)?;
                 let subjects: Vec<&str> = self.redactor.pending_subjects().collect();
-                let decisions = gw.consent.decide_batch(purpose, &subjects, self.gpc).await;
+                let decisions = gw
+                    .consent
+                    .decide_batch(purpose, &subjects, self.req.gpc)
+                    .await;
                 // FAIL-CLOSED: only Granted is a lawful basis; Denied and Unknown are not.
                 let lawful: Vec<bool> = decisions
                     .iter()
@@ -292,7 +286,7 @@ impl BodyJob {
                     .collect();
                 self.redactor.resolve(&lawful).map_err(|e| refusal_of(&e))?;
             }
-            if self.head {
+            if self.req.head {
                 // HEAD: the body is examined for the status and its length, then discarded.
                 self.discarded += self.redactor.take_output().len() as u64;
             } else {
@@ -304,7 +298,7 @@ impl BodyJob {
                 }
                 return Ok(true);
             }
-            if !self.head && self.held.len() >= HOLD_BYTES {
+            if !self.req.head && self.held.len() >= HOLD_BYTES {
                 return Ok(false);
             }
         }
@@ -346,19 +340,21 @@ impl BodyJob {
             Err(r) => (r.status().as_u16(), r.reason()),
         };
         let route = self
+            .req
             .policy
             .routes
-            .get(self.route_index)
+            .get(self.req.route_index)
             .map_or("-", |r| &*r.name);
         let purpose = self
+            .req
             .policy
             .purposes
-            .get(usize::from(self.purpose_id))
+            .get(usize::from(self.req.purpose_id))
             .map_or("-", |p| &*p.name);
         let counts = self.redactor.counts();
         tracing::info!(
             target: "consentry::decision",
-            caller = &*self.caller,
+            caller = &*self.req.caller,
             purpose,
             route,
             status,

@@ -155,7 +155,7 @@ impl Scanner {
                 true
             }
             Some(ValuePlan::Array(items)) if byte == b'[' => {
-                self.array(cx, Some(items), subject, depth, out)?;
+                self.array(cx, Some(items), depth, out)?;
                 true
             }
             // A value of another shape than the plan expects carries unknown data: dropped.
@@ -180,7 +180,7 @@ impl Scanner {
     ) -> Result<(), ScanError> {
         match byte {
             b'{' => self.object_skip(cx, subject, depth),
-            b'[' => self.array(cx, None, None, depth, &mut Vec::new()),
+            b'[' => self.array(cx, None, depth, &mut Vec::new()),
             b'"' => cx.string().map(|_| ()),
             b'-' | b'0'..=b'9' => cx.number().map(|_| ()),
             b't' => cx.literal(b"true"),
@@ -326,7 +326,6 @@ impl Scanner {
         &mut self,
         cx: &mut Cx<'_>,
         plan: Option<&ValuePlan>,
-        _subject: Option<&[Box<str>]>,
         depth: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), ScanError> {
