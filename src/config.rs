@@ -68,9 +68,12 @@ pub struct TimeoutsConfig {
 }
 
 /// The consent cache and store lookups.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsentConfig {
+    /// The key file behind erasure pseudonyms (default: `DATA_DIR/erasure.key`, created on
+    /// first use). Replicas sharing a store must share it.
+    pub erasure_key_file: Option<PathBuf>,
     /// How long a looked-up consent state is reused.
     pub cache_ttl_ms: u64,
     /// How long a batched store lookup may take before it counts as "no consent".
@@ -122,10 +125,21 @@ impl Default for TimeoutsConfig {
 impl Default for ConsentConfig {
     fn default() -> Self {
         Self {
+            erasure_key_file: None,
             cache_ttl_ms: 60_000,
             lookup_timeout_ms: 1_000,
             cache_entries: 100_000,
         }
+    }
+}
+
+impl Config {
+    /// Where the erasure key is kept.
+    pub fn erasure_key_path(&self) -> PathBuf {
+        self.consent
+            .erasure_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("erasure.key"))
     }
 }
 

@@ -145,12 +145,7 @@ pub enum StartError {
         errors: crate::policy::diagnostic::PolicyErrors,
     },
     #[error("the consent store cannot be opened: {0}")]
-    Store(#[from] crate::consent::store::StoreError),
-    #[error("the data directory {dir} cannot be created: {source}")]
-    DataDir {
-        dir: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    Store(#[from] crate::consent::open::OpenError),
     #[error("{0}")]
     Config(String),
 }
@@ -167,20 +162,8 @@ pub async fn build(config: &Config) -> Result<Arc<Gateway>, StartError> {
             dir: config.policies.clone(),
             errors,
         })?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        dir: config.data_dir.clone(),
-        source,
-    })?;
-    let store =
-        crate::consent::sqlite::SqliteStore::open(config.data_dir.join("consent.db")).await?;
-    let consent = crate::consent::cache::ConsentService::new(
-        Arc::new(store),
-        crate::consent::cache::CacheConfig {
-            ttl: Duration::from_millis(config.consent.cache_ttl_ms),
-            lookup_timeout: Duration::from_millis(config.consent.lookup_timeout_ms),
-            max_subjects: config.consent.cache_entries,
-        },
-    );
+    let (consent, records) =
+        crate::consent::open::open_records(config, crate::consent::open::Use::Gateway).await?;
     let upstream = crate::proxy::upstream::Upstream::new(
         &config.upstream,
         Duration::from_millis(config.timeouts.connect_ms),
@@ -197,6 +180,7 @@ pub async fn build(config: &Config) -> Result<Arc<Gateway>, StartError> {
     Ok(Arc::new(Gateway {
         policy: arc_swap::ArcSwap::from_pointee(policy),
         consent,
+        records,
         upstream,
         limits: config.limits,
         total_timeout: Duration::from_millis(config.timeouts.total_ms),

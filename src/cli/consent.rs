@@ -1,5 +1,6 @@
-//! `consentry consent ...`: record consent events and read a subject's history from the
-//! command line, against the embedded store `DATA_DIR/consent.db`.
+//! `consentry consent ...`: record consent events, read a subject's history, export or erase a
+//! subject from the command line, against the configured store (by default the embedded
+//! `DATA_DIR/consent.db`).
 //!
 //! It owns argument shapes and output only. It must never write to the store other than by
 //! appending events (a running gateway notices within a fraction of a second through the
@@ -8,17 +9,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 
+use crate::config::Config;
 use crate::consent::event::{
-    ALL_PURPOSES, ConsentEvent, EventKind, format_rfc3339_ms, now_ms, parse_csv, parse_json_lines,
+    ALL_PURPOSES, ConsentEvent, EventKind, ImportDefaults, format_rfc3339_ms, now_ms,
     parse_rfc3339_ms,
 };
-use crate::consent::sqlite::{SqliteStore, SqliteStoreOptions};
-use crate::consent::store::ConsentStore;
-
-/// The store file inside the data directory.
-pub const STORE_FILE: &str = "consent.db";
+use crate::consent::open::{Use, open_records};
+use crate::consent::requests::ConsentRecords;
 
 /// Consent subcommands.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -95,49 +94,46 @@ pub enum ConsentCommand {
         /// The data subject's id.
         subject: String,
     },
+    /// Print everything held about SUBJECT as JSON (a data subject access request).
+    Export {
+        /// The data subject's id.
+        subject: String,
+    },
+    /// Erase SUBJECT's consent history; a pseudonymised record of the erasure stays.
+    Erase {
+        /// The data subject's id.
+        subject: String,
+        /// A reference to the data subject request (ticket id, ...).
+        #[arg(long = "ref")]
+        request_ref: Option<String>,
+    },
 }
 
-/// Import file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ImportFormat {
-    /// Comma-separated values with a header line.
-    Csv,
-    /// One JSON object per line.
-    Jsonl,
-}
+/// Import file formats (the same as the admin API's).
+pub use crate::consent::requests::Format as ImportFormat;
 
-impl ImportFormat {
-    /// The format a file name implies, if any.
-    pub fn from_path(path: &Path) -> Option<Self> {
-        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-            "csv" => Some(Self::Csv),
-            "jsonl" | "ndjson" => Some(Self::Jsonl),
-            _ => None,
-        }
-    }
-}
-
-/// Runs one consent subcommand against `DATA_DIR/consent.db` (creating the directory and the
-/// file if needed).
-pub async fn run(data_dir: &Path, cmd: ConsentCommand) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let path = data_dir.join(STORE_FILE);
-    // A one-shot command has no cache to keep fresh: no change watcher.
-    let options = SqliteStoreOptions {
-        watch_interval: None,
-        ..SqliteStoreOptions::default()
-    };
-    let store = SqliteStore::open_with(&path, options)
+/// Runs one consent subcommand against the store the configuration names (by default the
+/// embedded `DATA_DIR/consent.db`), through the same code as the admin API.
+pub async fn run(config: &Config, cmd: ConsentCommand) -> anyhow::Result<()> {
+    let (service, records) = open_records(config, Use::OneShot)
         .await
-        .with_context(|| format!("cannot open the consent store {}", path.display()))?;
-    let result = execute(&store, cmd).await;
-    store.close().await;
+        .context("cannot open the consent store")?;
+    let result = execute(&records, cmd).await;
+    service.store().close().await;
     result
 }
 
-async fn execute(store: &SqliteStore, cmd: ConsentCommand) -> anyhow::Result<()> {
+/// The actor recorded for commands run from this shell: `cli:<user>`.
+fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("cli:{user}")
+}
+
+async fn execute(records: &ConsentRecords, cmd: ConsentCommand) -> anyhow::Result<()> {
     let at_ms = now_ms();
+    let actor = cli_actor();
     let one = |subject: String, purpose: String, kind, source: String, proof| ConsentEvent {
         subject,
         purpose,
@@ -146,6 +142,8 @@ async fn execute(store: &SqliteStore, cmd: ConsentCommand) -> anyhow::Result<()>
         expires_at_ms: None,
         source: Some(source),
         proof,
+        actor: None,
+        recorded_at_ms: None,
     };
     let event = match cmd {
         ConsentCommand::Grant {
@@ -191,26 +189,37 @@ async fn execute(store: &SqliteStore, cmd: ConsentCommand) -> anyhow::Result<()>
             file,
             format,
             source,
-        } => return import(store, &file, format, &source, at_ms).await,
-        ConsentCommand::History { subject } => return history(store, &subject).await,
+        } => return import(records, &file, format, &source, &actor).await,
+        ConsentCommand::History { subject } => return history(records, &subject).await,
+        ConsentCommand::Export { subject } => return export_subject(records, &subject).await,
+        ConsentCommand::Erase {
+            subject,
+            request_ref,
+        } => {
+            let done = records
+                .erase(&subject, &actor, request_ref.as_deref())
+                .await?;
+            println!(
+                "erased: {} events removed; erasure recorded as {} at {}",
+                done.events_removed,
+                done.subject_pseudonym,
+                format_rfc3339_ms(done.at_ms)
+            );
+            return Ok(());
+        }
     };
-    event.validate()?;
-    store.append(std::slice::from_ref(&event)).await?;
-    println!(
-        "recorded: {} {} {}",
-        event.kind,
-        event.purpose,
-        format_rfc3339_ms(event.at_ms)
-    );
+    let (kind, purpose) = (event.kind, event.purpose.clone());
+    records.record(vec![event], &actor).await?;
+    println!("recorded: {kind} {purpose} {}", format_rfc3339_ms(at_ms));
     Ok(())
 }
 
 async fn import(
-    store: &SqliteStore,
+    records: &ConsentRecords,
     file: &Path,
     format: Option<ImportFormat>,
     source: &str,
-    now_ms: i64,
+    actor: &str,
 ) -> anyhow::Result<()> {
     let Some(format) = format.or_else(|| ImportFormat::from_path(file)) else {
         bail!(
@@ -221,18 +230,36 @@ async fn import(
     let text = tokio::fs::read_to_string(file)
         .await
         .with_context(|| format!("cannot read {}", file.display()))?;
-    let parsed = match format {
-        ImportFormat::Csv => parse_csv(&text, now_ms, Some(source)),
-        ImportFormat::Jsonl => parse_json_lines(&text, now_ms, Some(source)),
+    let defaults = ImportDefaults {
+        source: Some(source),
+        actor: Some(actor),
     };
-    let events = parsed.with_context(|| format!("{}: nothing imported", file.display()))?;
-    store.append(&events).await?;
-    println!("imported {} events", events.len());
+    let n = records
+        .import(&text, format, &defaults)
+        .await
+        .with_context(|| file.display().to_string())?;
+    println!("imported {n} events");
     Ok(())
 }
 
-async fn history(store: &SqliteStore, subject: &str) -> anyhow::Result<()> {
-    let events = store.history(subject).await?;
+async fn export_subject(records: &ConsentRecords, subject: &str) -> anyhow::Result<()> {
+    let export = records.export_subject(subject).await?;
+    let json = serde_json::json!({
+        "subject": export.subject,
+        "consent_events": export.events.iter().map(ConsentEvent::record).collect::<Vec<_>>(),
+        "erasures": export.erasures.iter().map(|e| serde_json::json!({
+            "at": format_rfc3339_ms(e.at_ms),
+            "actor": e.actor,
+            "request_ref": e.request_ref,
+            "events_removed": e.events_removed,
+        })).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+async fn history(records: &ConsentRecords, subject: &str) -> anyhow::Result<()> {
+    let events = records.history(subject).await?;
     if events.is_empty() {
         println!("no events");
     }
@@ -251,6 +278,9 @@ async fn history(store: &SqliteStore, subject: &str) -> anyhow::Result<()> {
         }
         if let Some(p) = &e.proof {
             line.push_str(&format!("  proof={p}"));
+        }
+        if let Some(a) = &e.actor {
+            line.push_str(&format!("  actor={a}"));
         }
         println!("{line}");
     }

@@ -230,6 +230,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         expires_at_ms: None,
         source: Some("demo".to_owned()),
         proof: None,
+        actor: Some("demo".to_owned()),
+        recorded_at_ms: None,
     };
     gateway
         .consent

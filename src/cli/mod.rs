@@ -33,11 +33,11 @@ pub enum Command {
         #[arg(long, default_value = "human")]
         error_format: String,
     },
-    /// Record consent events in the embedded store.
+    /// Record consent events, read histories, export or erase subjects.
     Consent {
-        /// The data directory holding `consent.db`.
-        #[arg(long, env = "CONSENTRY_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
+        /// The configuration file and the consent store.
+        #[command(flatten)]
+        store: serve::StoreArgs,
         #[command(subcommand)]
         command: consent::ConsentCommand,
     },
@@ -51,9 +51,16 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Check { dir, error_format } => check::run(&dir, error_format == "json"),
-        Command::Consent { data_dir, command } => {
+        Command::Consent { store, command } => {
             let _log = init_tracing();
-            match runtime(1).and_then(|rt| rt.block_on(consent::run(&data_dir, command))) {
+            let config = match store.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime(1).and_then(|rt| rt.block_on(consent::run(&config, command))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

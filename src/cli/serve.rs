@@ -10,9 +10,9 @@ use crate::config::Config;
 /// Flags of `serve`; each overrides the configuration file and has a `CONSENTRY_*` variable.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
-    /// The operations configuration file (`consentry.yaml`).
-    #[arg(long, env = "CONSENTRY_CONFIG")]
-    pub config: Option<PathBuf>,
+    /// The configuration file and the consent store.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Address to listen on.
     #[arg(long, env = "CONSENTRY_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -22,9 +22,6 @@ pub struct ServeArgs {
     /// Policy directory.
     #[arg(long, env = "CONSENTRY_POLICIES")]
     pub policies: Option<PathBuf>,
-    /// Data directory (consent store).
-    #[arg(long, env = "CONSENTRY_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
     /// Largest upstream body on a protected route, in bytes.
     #[arg(long, env = "CONSENTRY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
@@ -72,13 +69,46 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
 }
 
-impl ServeArgs {
-    /// The configuration: defaults, then the file, then environment and flags.
+/// Flags shared by every command that opens the consent store (`serve`, `consent ...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct StoreArgs {
+    /// The operations configuration file (`consentry.yaml`).
+    #[arg(long, env = "CONSENTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (embedded consent store, erasure key).
+    #[arg(long, env = "CONSENTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The erasure key file (default: DATA_DIR/erasure.key).
+    #[arg(long, env = "CONSENTRY_ERASURE_KEY_FILE")]
+    pub erasure_key_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The configuration file's settings (or the defaults) with these flags applied.
     pub fn config(&self) -> anyhow::Result<Config> {
         let mut c = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        self.apply(&mut c);
+        Ok(c)
+    }
+
+    /// Applies the flags that were given.
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &self.erasure_key_file {
+            c.consent.erasure_key_file = Some(v.clone());
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The configuration: defaults, then the file, then environment and flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut c = self.store.config()?;
         macro_rules! set {
             ($($flag:ident => $($field:ident).+;)*) => {
                 $(if let Some(v) = &self.$flag { c.$($field).+ = v.clone(); })*
@@ -88,7 +118,6 @@ impl ServeArgs {
             listen => listen;
             upstream => upstream;
             policies => policies;
-            data_dir => data_dir;
             max_body_bytes => limits.max_body_bytes;
             max_record_bytes => limits.max_record_bytes;
             max_depth => limits.max_depth;

@@ -176,6 +176,13 @@ impl ConsentService {
         result
     }
 
+    /// Forgets what is cached about one subject.
+    pub fn forget(&self, subject: &str) {
+        // INVARIANT: bump before removing (see `fetch`).
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.remove(subject);
+    }
+
     /// Forgets everything cached.
     pub fn invalidate_all(&self) {
         // INVARIANT: bump before removing (see `fetch`).

@@ -83,6 +83,12 @@ pub struct ConsentEvent {
     pub source: Option<String>,
     /// A reference to the proof (form submission id, signed document, ...).
     pub proof: Option<String>,
+    /// Who recorded it: an admin token's name (`admin:crm-sync`), `cli:<user>`, or the actor
+    /// of the original record when an export is imported.
+    pub actor: Option<String>,
+    /// When the store recorded it (unix milliseconds). `None` on a new event: the store sets
+    /// it; an import of an export keeps the original.
+    pub recorded_at_ms: Option<i64>,
 }
 
 /// An event that must not be recorded.
@@ -168,7 +174,7 @@ impl ParseError {
 }
 
 /// The columns of the CSV format, in the order of the documented header.
-pub const CSV_HEADER: [&str; 7] = [
+pub const CSV_HEADER: [&str; 9] = [
     "subject",
     "purpose",
     "kind",
@@ -176,7 +182,111 @@ pub const CSV_HEADER: [&str; 7] = [
     "expires_at",
     "source",
     "proof",
+    "actor",
+    "recorded_at",
 ];
+
+/// What an import records for lines that leave a field empty.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportDefaults<'a> {
+    /// The channel, for lines without `source` (`import`, say).
+    pub source: Option<&'a str>,
+    /// Who is importing, for lines without `actor`.
+    pub actor: Option<&'a str>,
+}
+
+/// One event as a JSON object with the import column names (RFC 3339 times), the form of a
+/// JSON lines export and of the admin API: a JSON lines export imports back unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventRecord<'a> {
+    /// The data subject's id.
+    pub subject: &'a str,
+    /// The purpose, or `*`.
+    pub purpose: &'a str,
+    /// `granted`, `withdrawn`, `objected` or `opted_out`.
+    pub kind: &'static str,
+    /// When it happened.
+    pub at: String,
+    /// When a grant lapses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'a str>,
+    /// The proof reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proof: Option<&'a str>,
+    /// Who recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<&'a str>,
+    /// When the store recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<String>,
+}
+
+impl ConsentEvent {
+    /// The event in its exported form.
+    pub fn record(&self) -> EventRecord<'_> {
+        EventRecord {
+            subject: &self.subject,
+            purpose: &self.purpose,
+            kind: self.kind.as_str(),
+            at: format_rfc3339_ms(self.at_ms),
+            expires_at: self.expires_at_ms.map(format_rfc3339_ms),
+            source: self.source.as_deref(),
+            proof: self.proof.as_deref(),
+            actor: self.actor.as_deref(),
+            recorded_at: self.recorded_at_ms.map(format_rfc3339_ms),
+        }
+    }
+
+    /// The event as one JSON lines line (with its newline).
+    pub fn to_json_line(&self) -> String {
+        let mut line = serde_json::to_string(&self.record()).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+
+    /// The event as one CSV record in [`CSV_HEADER`] order (with its CRLF); fields that need
+    /// it are quoted.
+    pub fn to_csv_line(&self) -> String {
+        let r = self.record();
+        let fields: [Option<&str>; CSV_HEADER.len()] = [
+            Some(r.subject),
+            Some(r.purpose),
+            Some(r.kind),
+            Some(&r.at),
+            r.expires_at.as_deref(),
+            r.source,
+            r.proof,
+            r.actor,
+            r.recorded_at.as_deref(),
+        ];
+        let mut line = String::new();
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            let f = f.unwrap_or("");
+            if f.contains([',', '"', '\n', '\r']) || f.starts_with(' ') || f.ends_with(' ') {
+                line.push('"');
+                line.push_str(&f.replace('"', "\"\""));
+                line.push('"');
+            } else {
+                line.push_str(f);
+            }
+        }
+        line.push_str("\r\n");
+        line
+    }
+}
+
+/// The CSV header line of an export (with its CRLF).
+pub fn csv_header_line() -> String {
+    let mut line = CSV_HEADER.join(",");
+    line.push_str("\r\n");
+    line
+}
 
 /// The fields shared by both formats, before conversion into a [`ConsentEvent`].
 struct Fields<'a> {
@@ -187,6 +297,8 @@ struct Fields<'a> {
     expires_at: Option<&'a str>,
     source: Option<&'a str>,
     proof: Option<&'a str>,
+    actor: Option<&'a str>,
+    recorded_at: Option<&'a str>,
 }
 
 /// Empty text counts as absent.
@@ -195,12 +307,12 @@ fn present(v: Option<&str>) -> Option<&str> {
 }
 
 impl Fields<'_> {
-    /// Empty text counts as absent. `default_source` applies when no source is given.
+    /// Empty text counts as absent. `defaults` apply when a line names no source or actor.
     fn into_event(
         self,
         line: usize,
         now_ms: i64,
-        default_source: Option<&str>,
+        defaults: &ImportDefaults<'_>,
     ) -> Result<ConsentEvent, ParseError> {
         let subject =
             present(self.subject).ok_or_else(|| ParseError::new(line, "`subject` is missing"))?;
@@ -220,14 +332,20 @@ impl Fields<'_> {
             .map(parse_rfc3339_ms)
             .transpose()
             .map_err(|e| ParseError::new(line, format!("expires_at: {e}")))?;
+        let recorded_at_ms = present(self.recorded_at)
+            .map(parse_rfc3339_ms)
+            .transpose()
+            .map_err(|e| ParseError::new(line, format!("recorded_at: {e}")))?;
         let event = ConsentEvent {
             subject: subject.to_owned(),
             purpose: purpose.to_owned(),
             kind,
             at_ms,
             expires_at_ms,
-            source: present(self.source).or(default_source).map(str::to_owned),
+            source: present(self.source).or(defaults.source).map(str::to_owned),
             proof: present(self.proof).map(str::to_owned),
+            actor: present(self.actor).or(defaults.actor).map(str::to_owned),
+            recorded_at_ms,
         };
         event
             .validate()
@@ -243,7 +361,7 @@ impl Fields<'_> {
 pub fn parse_csv(
     text: &str,
     now_ms: i64,
-    default_source: Option<&str>,
+    defaults: &ImportDefaults<'_>,
 ) -> Result<Vec<ConsentEvent>, ParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut records = CsvRecords::new(text);
@@ -255,7 +373,7 @@ pub fn parse_csv(
         }
     };
     // Column index of each known field.
-    let mut columns: [Option<usize>; 7] = [None; 7];
+    let mut columns: [Option<usize>; CSV_HEADER.len()] = [None; CSV_HEADER.len()];
     for (i, name) in header.iter().enumerate() {
         let name = name.trim();
         let Some(k) = CSV_HEADER.iter().position(|h| *h == name) else {
@@ -318,8 +436,10 @@ pub fn parse_csv(
             expires_at: get(4),
             source: get(5),
             proof: get(6),
+            actor: get(7),
+            recorded_at: get(8),
         };
-        events.push(f.into_event(line, now_ms, default_source)?);
+        events.push(f.into_event(line, now_ms, defaults)?);
     }
     Ok(events)
 }
@@ -429,6 +549,10 @@ struct JsonLine {
     source: Option<String>,
     #[serde(default)]
     proof: Option<String>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    recorded_at: Option<String>,
 }
 
 /// Parses JSON lines: one object per line with the CSV column names as keys (`at` optional:
@@ -436,7 +560,7 @@ struct JsonLine {
 pub fn parse_json_lines(
     text: &str,
     now_ms: i64,
-    default_source: Option<&str>,
+    defaults: &ImportDefaults<'_>,
 ) -> Result<Vec<ConsentEvent>, ParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut events = Vec::new();
@@ -455,8 +579,10 @@ pub fn parse_json_lines(
             expires_at: j.expires_at.as_deref(),
             source: j.source.as_deref(),
             proof: j.proof.as_deref(),
+            actor: j.actor.as_deref(),
+            recorded_at: j.recorded_at.as_deref(),
         };
-        events.push(f.into_event(line, now_ms, default_source)?);
+        events.push(f.into_event(line, now_ms, defaults)?);
     }
     Ok(events)
 }
@@ -466,6 +592,47 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_700_000_000_000;
+    const IMPORT: ImportDefaults<'static> = ImportDefaults {
+        source: Some("import"),
+        actor: None,
+    };
+
+    #[test]
+    fn an_export_imports_back_unchanged_in_both_formats() {
+        let events = vec![
+            ConsentEvent {
+                subject: "a,\"b\"".into(),
+                purpose: "ads".into(),
+                kind: EventKind::Granted,
+                at_ms: NOW,
+                expires_at_ms: Some(NOW + 86_400_000),
+                source: Some(" web form ".into()),
+                proof: Some("line1\nline2".into()),
+                actor: Some("admin:sync".into()),
+                recorded_at_ms: Some(NOW + 5),
+            },
+            ConsentEvent {
+                subject: "7".into(),
+                purpose: ALL_PURPOSES.into(),
+                kind: EventKind::OptedOut,
+                at_ms: NOW - 1000,
+                expires_at_ms: None,
+                source: Some("gpc".into()),
+                proof: None,
+                actor: None,
+                recorded_at_ms: None,
+            },
+        ];
+        let mut csv = csv_header_line();
+        let mut jsonl = String::new();
+        for e in &events {
+            csv.push_str(&e.to_csv_line());
+            jsonl.push_str(&e.to_json_line());
+        }
+        let defaults = ImportDefaults::default();
+        assert_eq!(parse_csv(&csv, 0, &defaults).unwrap(), events);
+        assert_eq!(parse_json_lines(&jsonl, 0, &defaults).unwrap(), events);
+    }
 
     #[test]
     fn kinds_round_trip() {
@@ -486,7 +653,7 @@ mod tests {
                     42,marketing,granted,2024-01-02T03:04:05Z,2025-01-01T00:00:00Z,web_form,\"form 7, \"\"v2\"\"\"\r\n\
                     \r\n\
                     \"a,b\",*,opted_out,,,,\"multi\nline\"\n";
-        let events = parse_csv(text, NOW, Some("import")).unwrap();
+        let events = parse_csv(text, NOW, &IMPORT).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].subject, "42");
         assert_eq!(events[0].at_ms, 1_704_164_645_000);
@@ -527,7 +694,7 @@ mod tests {
             ("subject,purpose,kind\n,m,granted\n", 2, "subject"),
         ];
         for (text, line, needle) in cases {
-            let err = parse_csv(text, NOW, None).unwrap_err();
+            let err = parse_csv(text, NOW, &ImportDefaults::default()).unwrap_err();
             assert_eq!(err.line, line, "{text:?}: {err}");
             assert!(err.reason.contains(needle), "{text:?}: {err}");
         }
@@ -538,7 +705,7 @@ mod tests {
         let text = "{\"subject\":\"1\",\"purpose\":\"ads\",\"kind\":\"granted\",\"expires_at\":\"2030-01-01T00:00:00Z\",\"proof\":\"p1\"}\n\
                     \n\
                     {\"subject\":\"2\",\"purpose\":\"*\",\"kind\":\"opted_out\",\"at\":\"2024-01-01T00:00:00+01:00\",\"source\":\"gpc\"}\n";
-        let events = parse_json_lines(text, NOW, Some("import")).unwrap();
+        let events = parse_json_lines(text, NOW, &IMPORT).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].at_ms, NOW);
         assert_eq!(events[0].source.as_deref(), Some("import"));
@@ -551,9 +718,14 @@ mod tests {
     fn json_lines_errors_name_the_line() {
         let text = "{\"subject\":\"1\",\"purpose\":\"ads\",\"kind\":\"granted\"}\n\
                     {\"subject\":\"1\",\"purpose\":\"ads\",\"kind\":\"granted\",\"extra\":1}\n";
-        assert_eq!(parse_json_lines(text, NOW, None).unwrap_err().line, 2);
+        assert_eq!(
+            parse_json_lines(text, NOW, &ImportDefaults::default())
+                .unwrap_err()
+                .line,
+            2
+        );
         let text = "\n\n{\"subject\":\"1\",\"purpose\":\"ads\",\"kind\":\"withdrawn\",\"expires_at\":\"2030-01-01T00:00:00Z\"}\n";
-        let err = parse_json_lines(text, NOW, None).unwrap_err();
+        let err = parse_json_lines(text, NOW, &ImportDefaults::default()).unwrap_err();
         assert_eq!(err.line, 3);
         assert!(err.reason.contains("expires_at"));
     }

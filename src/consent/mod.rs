@@ -4,14 +4,21 @@
 //! - [`event`]: the event model and its import formats (CSV, JSON lines).
 //! - [`store`]: the [`store::ConsentStore`] trait and the state it returns.
 //! - [`sqlite`]: the embedded store (one SQLite file in the data directory).
+//! - [`erasure`]: the key and pseudonym behind erasure records.
 //! - [`decide`]: the pure decision from a state (`Granted`, `Denied`, `Unknown`).
+//! - [`open`]: the store the configuration names, opened for the gateway or the CLI.
+//! - [`requests`]: [`requests::ConsentRecords`], what the admin API and the CLI ask of the
+//!   record (recording, imports, history, exports, erasure).
 //! - [`cache`]: [`cache::ConsentService`], cached batched decisions for the request path.
 //!
 //! Nothing here may turn an unanswered lookup into a grant: `Unknown` takes the denied path.
 
 pub mod cache;
 pub mod decide;
+pub mod erasure;
 pub mod event;
+pub mod open;
+pub mod requests;
 pub mod sqlite;
 pub mod store;
 

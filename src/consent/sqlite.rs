@@ -4,8 +4,9 @@
 //! batched "latest event per subject and purpose" query, and a watcher that notices writes by
 //! other processes (the CLI, another gateway) through `PRAGMA data_version`.
 //!
-//! It must never update or delete an event (erasure will be its own, explicit operation), and
-//! never decide anything from what it reads.
+//! It must never update or delete an event except in an erasure (its own, explicit operation,
+//! which the triggers admit for the one subject being erased), and never decide anything from
+//! what it reads.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,13 +22,16 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use super::event::{ALL_PURPOSES, ConsentEvent, EventKind, now_ms};
-use super::store::{ConsentState, ConsentStore, EventOrder, LatestEvent, StoreError, StoreFuture};
+use super::store::{
+    ConsentState, ConsentStore, ErasureRecord, EventOrder, ExportedEvent, LatestEvent, StoreError,
+    StoreFuture,
+};
 
 /// Most subjects bound in one lookup statement (SQLite allows 32,766 parameters; smaller
 /// statements keep the plan cheap and the statement cache useful).
 const LOOKUP_CHUNK: usize = 500;
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Version 1: the append-only event table, its index, and the triggers that keep it so.
 const MIGRATION_1: &str = "
@@ -53,6 +57,41 @@ BEGIN
 END;
 PRAGMA user_version = 1;
 ";
+
+/// Version 2: who recorded each event, and erasure. Deleting events is allowed only for the
+/// subject named in `erasure_in_progress`, a row that `erase` writes and removes inside its own
+/// transaction; erasure records are append-only like events.
+const MIGRATION_2: &str = "
+ALTER TABLE consent_events ADD COLUMN actor TEXT;
+CREATE TABLE erasures (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject_pseudonym TEXT    NOT NULL CHECK (subject_pseudonym <> ''),
+    at_ms             INTEGER NOT NULL,
+    actor             TEXT,
+    request_ref       TEXT,
+    events_removed    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX erasures_subject_pseudonym ON erasures (subject_pseudonym);
+CREATE TABLE erasure_in_progress (subject TEXT PRIMARY KEY) STRICT;
+DROP TRIGGER consent_events_no_delete;
+CREATE TRIGGER consent_events_no_delete BEFORE DELETE ON consent_events
+WHEN NOT EXISTS (SELECT 1 FROM erasure_in_progress WHERE subject = OLD.subject)
+BEGIN
+    SELECT RAISE(ABORT, 'consent_events is append-only: only an erasure removes events');
+END;
+CREATE TRIGGER erasures_no_update BEFORE UPDATE ON erasures
+BEGIN
+    SELECT RAISE(ABORT, 'erasures is append-only');
+END;
+CREATE TRIGGER erasures_no_delete BEFORE DELETE ON erasures
+BEGIN
+    SELECT RAISE(ABORT, 'erasures is append-only');
+END;
+PRAGMA user_version = 2;
+";
+
+/// Most events in one export page.
+const MAX_EXPORT_PAGE: u32 = 10_000;
 
 /// Tuning of a [`SqliteStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,8 +202,8 @@ impl SqliteStore {
         for e in events {
             sqlx::query(
                 "INSERT INTO consent_events \
-                 (subject, purpose, kind, at_ms, expires_at_ms, source, proof, recorded_at_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (subject, purpose, kind, at_ms, expires_at_ms, source, proof, actor, recorded_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(e.subject.as_str())
             .bind(e.purpose.as_str())
@@ -173,7 +212,8 @@ impl SqliteStore {
             .bind(e.expires_at_ms)
             .bind(e.source.as_deref())
             .bind(e.proof.as_deref())
-            .bind(recorded_at_ms)
+            .bind(e.actor.as_deref())
+            .bind(e.recorded_at_ms.unwrap_or(recorded_at_ms))
             .execute(&mut *tx)
             .await?;
         }
@@ -215,23 +255,95 @@ impl SqliteStore {
     }
 
     async fn subject_history(&self, subject: &str) -> Result<Vec<ConsentEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT subject, purpose, kind, at_ms, expires_at_ms, source, proof \
-             FROM consent_events WHERE subject = ? ORDER BY at_ms, id",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM consent_events WHERE subject = ? ORDER BY at_ms, id"
+        )))
         .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn erase_subject(
+        &self,
+        subject: &str,
+        record: &ErasureRecord,
+    ) -> Result<ErasureRecord, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO erasure_in_progress (subject) VALUES (?)")
+            .bind(subject)
+            .execute(&mut *tx)
+            .await?;
+        let removed = sqlx::query("DELETE FROM consent_events WHERE subject = ?")
+            .bind(subject)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM erasure_in_progress WHERE subject = ?")
+            .bind(subject)
+            .execute(&mut *tx)
+            .await?;
+        let stored = ErasureRecord {
+            events_removed: removed,
+            ..record.clone()
+        };
+        sqlx::query(
+            "INSERT INTO erasures (subject_pseudonym, at_ms, actor, request_ref, events_removed) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(stored.subject_pseudonym.as_str())
+        .bind(stored.at_ms)
+        .bind(stored.actor.as_deref())
+        .bind(stored.request_ref.as_deref())
+        .bind(i64::try_from(removed).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        // INVARIANT: one own write (the erasure row) moves with the commit, as in `append`.
+        let mut own = self.own_rows.lock().await;
+        tx.commit().await?;
+        *own += 1;
+        Ok(stored)
+    }
+
+    async fn erasure_records(&self, pseudonym: &str) -> Result<Vec<ErasureRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT subject_pseudonym, at_ms, actor, request_ref, events_removed \
+             FROM erasures WHERE subject_pseudonym = ? ORDER BY at_ms, id",
+        )
+        .bind(pseudonym)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(ConsentEvent {
-                    subject: row.try_get("subject")?,
-                    purpose: row.try_get("purpose")?,
-                    kind: parse_kind(row)?,
+                let removed: i64 = row.try_get("events_removed")?;
+                Ok(ErasureRecord {
+                    subject_pseudonym: row.try_get("subject_pseudonym")?,
                     at_ms: row.try_get("at_ms")?,
-                    expires_at_ms: row.try_get("expires_at_ms")?,
-                    source: row.try_get("source")?,
-                    proof: row.try_get("proof")?,
+                    actor: row.try_get("actor")?,
+                    request_ref: row.try_get("request_ref")?,
+                    events_removed: u64::try_from(removed).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn export_events(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ExportedEvent>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, {EVENT_COLUMNS} FROM consent_events WHERE id > ? ORDER BY id LIMIT ?"
+        )))
+        .bind(after)
+        .bind(i64::from(limit.min(MAX_EXPORT_PAGE)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ExportedEvent {
+                    seq: row.try_get("id")?,
+                    event: event_from_row(row)?,
                 })
             })
             .collect()
@@ -267,9 +379,47 @@ impl ConsentStore for SqliteStore {
         Box::pin(self.subject_history(subject))
     }
 
+    fn erase<'a>(
+        &'a self,
+        subject: &'a str,
+        record: &'a ErasureRecord,
+    ) -> StoreFuture<'a, ErasureRecord> {
+        Box::pin(self.erase_subject(subject, record))
+    }
+
+    fn erasures<'a>(&'a self, subject_pseudonym: &'a str) -> StoreFuture<'a, Vec<ErasureRecord>> {
+        Box::pin(self.erasure_records(subject_pseudonym))
+    }
+
+    fn export_page(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<ExportedEvent>> {
+        Box::pin(self.export_events(after, limit))
+    }
+
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         self.changes.as_ref().map(|(rx, _)| rx.clone())
     }
+
+    fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.pool.close())
+    }
+}
+
+/// The columns [`event_from_row`] reads.
+const EVENT_COLUMNS: &str =
+    "subject, purpose, kind, at_ms, expires_at_ms, source, proof, actor, recorded_at_ms";
+
+fn event_from_row(row: &SqliteRow) -> Result<ConsentEvent, StoreError> {
+    Ok(ConsentEvent {
+        subject: row.try_get("subject")?,
+        purpose: row.try_get("purpose")?,
+        kind: parse_kind(row)?,
+        at_ms: row.try_get("at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        source: row.try_get("source")?,
+        proof: row.try_get("proof")?,
+        actor: row.try_get("actor")?,
+        recorded_at_ms: row.try_get("recorded_at_ms")?,
+    })
 }
 
 /// Applies the embedded migrations in one write transaction, so that two processes opening a
@@ -286,6 +436,9 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     }
     if version < 1 {
         sqlx::raw_sql(MIGRATION_1).execute(&mut *tx).await?;
+    }
+    if version < 2 {
+        sqlx::raw_sql(MIGRATION_2).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -386,16 +539,19 @@ async fn data_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// The highest row id and this store's appended row count, read together under the commit
-/// lock. Ids come from AUTOINCREMENT and rows are never deleted, so the highest id counts the
-/// rows (a gap would only cause an extra flush).
+/// The rows ever written (the AUTOINCREMENT counters of events and erasures, which never go
+/// back, even when an erasure deletes events) and this store's own count of them, read together
+/// under the commit lock. A gap in the counters would only cause an extra flush.
 async fn rows_and_own(
     conn: &mut SqliteConnection,
     own_rows: &Mutex<i64>,
 ) -> Result<(i64, i64), sqlx::Error> {
     let own = own_rows.lock().await;
-    let rows: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM consent_events")
-        .fetch_one(conn)
-        .await?;
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(seq), 0) FROM sqlite_sequence \
+         WHERE name IN ('consent_events', 'erasures')",
+    )
+    .fetch_one(conn)
+    .await?;
     Ok((rows, *own))
 }

@@ -56,6 +56,31 @@ pub struct ConsentState {
     pub opted_out_all: Option<EventOrder>,
 }
 
+/// What stays of a subject after erasure: the fact that it happened, under a keyed pseudonym of
+/// the subject id (see `erasure.rs`), never the id itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureRecord {
+    /// HMAC-SHA-256 of the subject id under the erasure key, lower-case hex.
+    pub subject_pseudonym: String,
+    /// When the erasure was carried out (unix milliseconds).
+    pub at_ms: i64,
+    /// Who asked for it (an admin token's name, `cli:<user>`).
+    pub actor: Option<String>,
+    /// A reference to the data subject request (ticket id, ...).
+    pub request_ref: Option<String>,
+    /// How many consent events were removed.
+    pub events_removed: u64,
+}
+
+/// One event of an export page, with its place in the store's insertion order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedEvent {
+    /// The store's insertion sequence; pass the last one as `after` for the next page.
+    pub seq: i64,
+    /// The event.
+    pub event: ConsentEvent,
+}
+
 /// A store that could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,6 +98,9 @@ pub enum StoreError {
     /// The store holds a row this code cannot read (an unknown kind, say).
     #[error("the consent store holds an unreadable row: {0}")]
     Corrupt(String),
+    /// The store cannot do this (an external platform that is only read, say).
+    #[error("this consent store does not support {0}")]
+    Unsupported(&'static str),
     /// The store's location could not be prepared.
     #[error("cannot prepare the consent store at {path}: {source}")]
     Io {
@@ -96,11 +124,34 @@ pub trait ConsentStore: Send + Sync {
         subjects: &'a [&'a str],
     ) -> StoreFuture<'a, Vec<ConsentState>>;
 
-    /// Every event of a subject, oldest first (by time, then insertion order).
+    /// Every event of a subject, oldest first (by time, then insertion order), with the time
+    /// each was recorded.
     fn history<'a>(&'a self, subject: &'a str) -> StoreFuture<'a, Vec<ConsentEvent>>;
+
+    /// Erases a subject: removes every event of `subject` and keeps `record` (whose
+    /// `events_removed` the store fills in), in one transaction. Returns the stored record.
+    /// Erasing a subject without events still keeps the record: the request was carried out.
+    fn erase<'a>(
+        &'a self,
+        subject: &'a str,
+        record: &'a ErasureRecord,
+    ) -> StoreFuture<'a, ErasureRecord>;
+
+    /// The erasures recorded under a subject pseudonym, oldest first.
+    fn erasures<'a>(&'a self, subject_pseudonym: &'a str) -> StoreFuture<'a, Vec<ErasureRecord>>;
+
+    /// Up to `limit` events recorded after sequence `after` (0: from the start), in insertion
+    /// order: the pages of a full export.
+    fn export_page(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<ExportedEvent>>;
 
     /// A feed whose value changes whenever another process (or replica) may have written: the
     /// receiver must then drop any cached state. `None`: the store cannot tell, so caches rely
     /// on their TTL alone.
     fn changes(&self) -> Option<watch::Receiver<u64>>;
+
+    /// Lets pending work finish and closes the store's connections; later calls fail. Used by
+    /// one-shot commands before they exit.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }

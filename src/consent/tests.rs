@@ -29,6 +29,8 @@ fn ev(subject: &str, purpose: &str, kind: EventKind, at_ms: i64) -> ConsentEvent
         expires_at_ms: None,
         source: Some("test".into()),
         proof: None,
+        actor: None,
+        recorded_at_ms: None,
     }
 }
 
@@ -483,8 +485,12 @@ async fn another_process_writing_invalidates_the_cache() {
 async fn cli_records_and_imports() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let config = crate::config::Config {
+        data_dir: data.clone(),
+        ..crate::config::Config::default()
+    };
     run(
-        &data,
+        &config,
         ConsentCommand::Grant {
             subject: "42".into(),
             purpose: "marketing".into(),
@@ -496,7 +502,7 @@ async fn cli_records_and_imports() {
     .await
     .unwrap();
     run(
-        &data,
+        &config,
         ConsentCommand::OptOut {
             subject: "42".into(),
             purpose: "*".into(),
@@ -516,7 +522,7 @@ async fn cli_records_and_imports() {
     )
     .unwrap();
     run(
-        &data,
+        &config,
         ConsentCommand::Import {
             file: csv,
             format: None,
@@ -534,7 +540,7 @@ async fn cli_records_and_imports() {
     )
     .unwrap();
     run(
-        &data,
+        &config,
         ConsentCommand::Import {
             file: jsonl,
             format: None,
@@ -561,12 +567,53 @@ async fn cli_records_and_imports() {
     assert_eq!(h44.len(), 2);
     assert_eq!(h44[0].source.as_deref(), Some("gpc"));
     assert_eq!(h44[1].source.as_deref(), Some("import"));
+    // Every event names who recorded it: the shell user for commands and imports alike.
+    assert!(
+        h42.iter()
+            .chain(&h43)
+            .chain(&h44)
+            .all(|e| e.actor.as_deref().is_some_and(|a| a.starts_with("cli:"))),
+        "{h42:?}"
+    );
+    assert!(h42.iter().all(|e| e.recorded_at_ms.is_some()));
+
+    // A data subject request: erase 42; the history goes, a pseudonymised record stays.
+    run(
+        &config,
+        ConsentCommand::Erase {
+            subject: "42".into(),
+            request_ref: Some("dsr-7".into()),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.history("42").await.unwrap().is_empty());
+    assert_eq!(s.history("43").await.unwrap().len(), 1);
+    let key = super::erasure::ErasureKey::load_or_create(&config.erasure_key_path()).unwrap();
+    let erasures = s.erasures(&key.pseudonym("42")).await.unwrap();
+    assert_eq!(erasures.len(), 1);
+    assert_eq!(erasures[0].events_removed, 3);
+    assert_eq!(erasures[0].request_ref.as_deref(), Some("dsr-7"));
+    assert!(s.erasures(&key.pseudonym("43")).await.unwrap().is_empty());
+    // Nothing in the database names the erased subject any more.
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM consent_events WHERE subject = '42' \
+         UNION ALL SELECT count(*) FROM erasures WHERE subject_pseudonym = '42'",
+    )
+    .fetch_one(s.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows, 0);
 }
 
 #[tokio::test]
 async fn an_import_with_a_bad_line_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let config = crate::config::Config {
+        data_dir: data.clone(),
+        ..crate::config::Config::default()
+    };
     let csv = dir.path().join("events.txt");
     std::fs::write(
         &csv,
@@ -583,8 +630,8 @@ async fn an_import_with_a_bad_line_writes_nothing() {
         format,
         source: "import".into(),
     };
-    assert!(run(&data, cmd(None)).await.is_err());
-    let err = run(&data, cmd(Some(crate::cli::consent::ImportFormat::Csv)))
+    assert!(run(&config, cmd(None)).await.is_err());
+    let err = run(&config, cmd(Some(crate::cli::consent::ImportFormat::Csv)))
         .await
         .unwrap_err();
     assert!(format!("{err:#}").contains("line 4"), "{err:#}");
@@ -597,7 +644,7 @@ async fn an_import_with_a_bad_line_writes_nothing() {
     )
     .unwrap();
     let err = run(
-        &data,
+        &config,
         ConsentCommand::Import {
             file: jsonl,
             format: None,

@@ -24,6 +24,8 @@ pub struct Gateway {
     pub policy: ArcSwap<CompiledPolicy>,
     /// Consent decisions, cached.
     pub consent: Arc<ConsentService>,
+    /// The record of consent (admin API), over the same service.
+    pub records: crate::consent::requests::ConsentRecords,
     /// The CRM.
     pub upstream: upstream::Upstream,
     /// Bounds on bodies.

@@ -260,6 +260,8 @@ async fn a_withdrawal_written_by_another_process_applies_without_a_restart(proto
         expires_at_ms: None,
         source: Some("cli".into()),
         proof: None,
+        actor: None,
+        recorded_at_ms: None,
     };
     other.append(&[withdrawal]).await.unwrap();
     // The gateway notices writes by others on its own (a change watcher), well before the
@@ -324,6 +326,8 @@ async fn consent_is_decided_record_by_record_across_a_streamed_list(proto: Proto
             expires_at_ms: None,
             source: None,
             proof: None,
+            actor: None,
+            recorded_at_ms: None,
         })
         .collect();
     gw.gateway.consent.record(&grants).await.unwrap();

@@ -640,6 +640,8 @@ impl Gw {
             expires_at_ms,
             source: Some("e2e".to_owned()),
             proof: None,
+            actor: None,
+            recorded_at_ms: None,
         };
         self.gateway
             .consent

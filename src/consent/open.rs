@@ -1,0 +1,84 @@
+//! Opening the consent store that the configuration names, for the gateway and the CLI alike.
+//!
+//! It owns the choice of store and its start-up (directories, migrations). It must never hand
+//! back a store that did not open: start-up fails instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+
+use super::cache::{CacheConfig, ConsentService};
+use super::erasure::ErasureKey;
+use super::requests::ConsentRecords;
+use super::sqlite::{SqliteStore, SqliteStoreOptions};
+use super::store::{ConsentStore, StoreError};
+
+/// The embedded store's file inside the data directory.
+pub const SQLITE_FILE: &str = "consent.db";
+
+/// Who will use the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A long-running gateway: watch for writes made elsewhere, to keep its cache fresh.
+    Gateway,
+    /// A one-shot command: no cache to keep fresh, no watcher.
+    OneShot,
+}
+
+/// A store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store failed to open or migrate.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The erasure key could not be read or created.
+    #[error(transparent)]
+    ErasureKey(#[from] super::erasure::ErasureKeyError),
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {dir}: {source}")]
+    DataDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Opens the configured consent store.
+pub async fn open_store(config: &Config, usage: Use) -> Result<Arc<dyn ConsentStore>, OpenError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::DataDir {
+        dir: config.data_dir.clone(),
+        source,
+    })?;
+    let options = SqliteStoreOptions {
+        watch_interval: match usage {
+            Use::Gateway => SqliteStoreOptions::default().watch_interval,
+            Use::OneShot => None,
+        },
+        ..SqliteStoreOptions::default()
+    };
+    let store = SqliteStore::open_with(config.data_dir.join(SQLITE_FILE), options).await?;
+    Ok(Arc::new(store))
+}
+
+/// The cache settings of the configuration.
+pub fn cache_config(config: &Config) -> CacheConfig {
+    CacheConfig {
+        ttl: Duration::from_millis(config.consent.cache_ttl_ms),
+        lookup_timeout: Duration::from_millis(config.consent.lookup_timeout_ms),
+        max_subjects: config.consent.cache_entries,
+    }
+}
+
+/// The consent service and the record of consent over the configured store.
+pub async fn open_records(
+    config: &Config,
+    usage: Use,
+) -> Result<(Arc<ConsentService>, ConsentRecords), OpenError> {
+    let store = open_store(config, usage).await?;
+    let key = ErasureKey::load_or_create(&config.erasure_key_path())?;
+    let service = ConsentService::new(store, cache_config(config));
+    let records = ConsentRecords::new(Arc::clone(&service), key);
+    Ok((service, records))
+}

@@ -1,0 +1,187 @@
+//! What people and systems ask of the record of consent, one place for every front end: the
+//! admin API and the `consentry consent` commands both call [`ConsentRecords`].
+//!
+//! It owns recording (with the actor who recorded), all-or-nothing imports, a subject's current
+//! state and history, full exports, and the data subject requests (export, erasure). It must
+//! never decide for the request path (that is `decide.rs` behind the cache), and never keep a
+//! subject id in an erasure record (only its keyed pseudonym).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::cache::ConsentService;
+use super::erasure::ErasureKey;
+use super::event::{ConsentEvent, ImportDefaults, ParseError, now_ms, parse_csv, parse_json_lines};
+use super::store::{ErasureRecord, ExportedEvent, StoreError};
+
+/// The two text formats of imports and exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+impl Format {
+    /// The format a file name implies, if any.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "csv" => Some(Self::Csv),
+            "jsonl" | "ndjson" => Some(Self::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+/// An import that wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A line is bad; nothing was written.
+    #[error("{0}; nothing was imported")]
+    Parse(#[from] ParseError),
+    /// The store refused or failed; nothing was written (one transaction).
+    #[error("{0}; nothing was imported")]
+    Store(#[from] StoreError),
+}
+
+/// Everything the gateway holds about one subject (a data subject access request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectExport {
+    /// The subject's id.
+    pub subject: String,
+    /// Every consent event, oldest first.
+    pub events: Vec<ConsentEvent>,
+    /// Erasures carried out for this subject id before (found by its pseudonym).
+    pub erasures: Vec<ErasureRecord>,
+}
+
+/// The record of consent, as its users see it.
+#[derive(Clone)]
+pub struct ConsentRecords {
+    service: Arc<ConsentService>,
+    erasure_key: ErasureKey,
+}
+
+impl std::fmt::Debug for ConsentRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsentRecords").finish_non_exhaustive()
+    }
+}
+
+impl ConsentRecords {
+    /// Records over the service's store; writes go through the service, so its cache forgets
+    /// the subjects written.
+    pub fn new(service: Arc<ConsentService>, erasure_key: ErasureKey) -> Self {
+        Self {
+            service,
+            erasure_key,
+        }
+    }
+
+    /// The consent service behind.
+    pub fn service(&self) -> &Arc<ConsentService> {
+        &self.service
+    }
+
+    /// Validates and appends events in one transaction; events that name no actor get
+    /// `actor`. Returns how many were written.
+    pub async fn record(
+        &self,
+        mut events: Vec<ConsentEvent>,
+        actor: &str,
+    ) -> Result<usize, StoreError> {
+        for (index, e) in events.iter_mut().enumerate() {
+            e.validate()
+                .map_err(|error| StoreError::InvalidEvent { index, error })?;
+            if e.actor.is_none() {
+                e.actor = Some(actor.to_owned());
+            }
+        }
+        self.service.record(&events).await?;
+        Ok(events.len())
+    }
+
+    /// Parses a whole import and appends it in one transaction: a bad line or a store error
+    /// writes nothing. Lines without `at` get now; without `source` or `actor`, `defaults`.
+    pub async fn import(
+        &self,
+        text: &str,
+        format: Format,
+        defaults: &ImportDefaults<'_>,
+    ) -> Result<usize, ImportError> {
+        let now = now_ms();
+        let events = match format {
+            Format::Csv => parse_csv(text, now, defaults)?,
+            Format::Jsonl => parse_json_lines(text, now, defaults)?,
+        };
+        self.service.record(&events).await?;
+        Ok(events.len())
+    }
+
+    /// Every event of `subject`, oldest first.
+    pub async fn history(&self, subject: &str) -> Result<Vec<ConsentEvent>, StoreError> {
+        self.service.store().history(subject).await
+    }
+
+    /// The latest event of `subject` per purpose (`*` included), sorted by purpose: the state
+    /// the decisions derive from.
+    pub async fn current(&self, subject: &str) -> Result<Vec<ConsentEvent>, StoreError> {
+        Ok(latest_per_purpose(self.history(subject).await?))
+    }
+
+    /// Everything held about `subject`.
+    pub async fn export_subject(&self, subject: &str) -> Result<SubjectExport, StoreError> {
+        let events = self.history(subject).await?;
+        let erasures = self
+            .service
+            .store()
+            .erasures(&self.erasure_key.pseudonym(subject))
+            .await?;
+        Ok(SubjectExport {
+            subject: subject.to_owned(),
+            events,
+            erasures,
+        })
+    }
+
+    /// Erases `subject`'s consent history, keeping a pseudonymised record of the erasure, and
+    /// makes every cache forget the subject.
+    pub async fn erase(
+        &self,
+        subject: &str,
+        actor: &str,
+        request_ref: Option<&str>,
+    ) -> Result<ErasureRecord, StoreError> {
+        let record = ErasureRecord {
+            subject_pseudonym: self.erasure_key.pseudonym(subject),
+            at_ms: now_ms(),
+            actor: Some(actor.to_owned()),
+            request_ref: request_ref.map(str::to_owned),
+            events_removed: 0,
+        };
+        let result = self.service.store().erase(subject, &record).await;
+        // Forget even after an error: a failed commit may still have reached the disk.
+        self.service.forget(subject);
+        result
+    }
+
+    /// One page of a full export (see [`super::store::ConsentStore::export_page`]).
+    pub async fn export_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ExportedEvent>, StoreError> {
+        self.service.store().export_page(after, limit).await
+    }
+}
+
+/// The last event per purpose of a history sorted oldest first, sorted by purpose.
+fn latest_per_purpose(history: Vec<ConsentEvent>) -> Vec<ConsentEvent> {
+    let mut latest: std::collections::BTreeMap<String, ConsentEvent> =
+        std::collections::BTreeMap::new();
+    for e in history {
+        latest.insert(e.purpose.clone(), e);
+    }
+    latest.into_values().collect()
+}
