@@ -63,6 +63,9 @@ pub struct TimeoutsConfig {
     /// Reading a client's request head (and the first bytes of a new connection); an HTTP/2
     /// peer that leaves a ping unanswered this long is dropped.
     pub client_header_ms: u64,
+    /// A client connection on which no request started for this long is closed gracefully
+    /// (HTTP/2 with a GOAWAY; a response still streaming finishes first).
+    pub idle_ms: u64,
     /// Draining requests in flight on shutdown.
     pub shutdown_ms: u64,
 }
@@ -117,6 +120,7 @@ impl Default for TimeoutsConfig {
             header_ms: 15_000,
             total_ms: 60_000,
             client_header_ms: 10_000,
+            idle_ms: 60_000,
             shutdown_ms: 15_000,
         }
     }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::proxy::Gateway;
@@ -41,7 +41,10 @@ pub async fn run(
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     let header_timeout = Duration::from_millis(config.timeouts.client_header_ms);
-    let graceful = GracefulShutdown::new();
+    let idle_timeout = Duration::from_millis(config.timeouts.idle_ms.max(1));
+    let (closing_tx, closing) = watch::channel(false);
+    let connections = TaskTracker::new();
+    let epoch = tokio::time::Instant::now();
     let slots = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
@@ -66,30 +69,68 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
+        let last_request = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = Arc::clone(&last_request);
         let service = service_fn(move |req| {
             let gw = gw.clone();
+            seen.store(millis_since(epoch), std::sync::atomic::Ordering::Relaxed);
             async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gw, req, peer).await) }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let mut closing = closing.clone();
+        connections.spawn(async move {
             // The protocol detection has no timeout of its own: a client that sends nothing
             // (or part of the HTTP/2 preface) would hold its connection slot for ever.
             if sniff(&stream, header_timeout).await {
+                last_request.store(millis_since(epoch), std::sync::atomic::Ordering::Relaxed);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                tokio::pin!(conn);
+                let mut shutting_down = false;
+                loop {
+                    let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
+                    let idle_at = epoch + Duration::from_millis(last) + idle_timeout;
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                            break;
+                        }
+                        _ = closing.changed(), if !shutting_down => {
+                            conn.as_mut().graceful_shutdown();
+                            shutting_down = true;
+                        }
+                        () = tokio::time::sleep_until(idle_at), if !shutting_down => {
+                            // No request started for the idle timeout (an HTTP/2 peer that
+                            // answers pings, or a quiet keep-alive client): close gracefully,
+                            // which lets a response still streaming finish.
+                            let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
+                            if epoch + Duration::from_millis(last) + idle_timeout
+                                <= tokio::time::Instant::now()
+                            {
+                                conn.as_mut().graceful_shutdown();
+                                shutting_down = true;
+                            }
+                        }
+                    }
                 }
             }
             drop(permit);
         });
     }
     drop(listener);
+    let _ = closing_tx.send(true);
+    connections.close();
     let grace = Duration::from_millis(config.timeouts.shutdown_ms);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = connections.wait() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing"),
     }
+}
+
+/// Milliseconds from `epoch` to now.
+fn millis_since(epoch: tokio::time::Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).

@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// Client request-head timeout, ms.
     #[arg(long, env = "CONSENTRY_CLIENT_HEADER_TIMEOUT_MS")]
     pub client_header_timeout_ms: Option<u64>,
+    /// Close client connections with no new request for this long, ms.
+    #[arg(long, env = "CONSENTRY_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
     /// Grace period for requests in flight on shutdown, ms.
     #[arg(long, env = "CONSENTRY_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -130,6 +133,7 @@ impl ServeArgs {
             consent_cache_ttl_ms => consent.cache_ttl_ms;
             consent_timeout_ms => consent.lookup_timeout_ms;
             client_header_timeout_ms => timeouts.client_header_ms;
+            idle_timeout_ms => timeouts.idle_ms;
             shutdown_timeout_ms => timeouts.shutdown_ms;
             consent_cache_entries => consent.cache_entries;
             workers => workers;

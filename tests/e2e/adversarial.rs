@@ -1561,3 +1561,58 @@ async fn an_http2_host_other_than_the_authority_is_refused() {
     rsp.assert_refused(400, "bad_request");
     assert!(up.seen().is_empty());
 }
+
+/// An HTTP/2 client that answers pings but starts no request keeps no connection slot for
+/// ever: after the idle timeout the gateway sends GOAWAY and the connection ends; a client that
+/// keeps sending requests is not cut off.
+#[tokio::test]
+async fn an_idle_http2_connection_that_answers_pings_is_closed() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up)
+        .config(|c| {
+            c.timeouts.idle_ms = 400;
+            // Pings every 100 ms, answered at once by the client below.
+            c.timeouts.client_header_ms = 100;
+        })
+        .start()
+        .await;
+    let request = || {
+        http::Request::builder()
+            .uri(format!("http://{}{LIST}", gw.addr))
+            .header("x-api-key", APP_KEY)
+            .header("x-purpose", "support")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let open = || async {
+        let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake::<_, Empty<bytes::Bytes>>(io)
+            .await
+            .unwrap();
+        (sender, tokio::spawn(conn))
+    };
+
+    // Busy for three idle periods: never cut off.
+    let (mut sender, conn) = open().await;
+    for _ in 0..12 {
+        let rsp = sender.send_request(request()).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        rsp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!conn.is_finished(), "a busy HTTP/2 connection was closed");
+
+    // Then idle: the connection ends soon after the idle timeout.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("an idle HTTP/2 connection stays open")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}
