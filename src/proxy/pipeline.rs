@@ -146,10 +146,13 @@ async fn process(
         }
         crate::policy::compiled::SubjectAt::Field(_) => None,
     };
-    let gpc = req
-        .headers()
-        .get("sec-gpc")
-        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+    // FAIL-CLOSED: a `1` anywhere (a second field line, a comma-joined list) is a signal; the
+    // spec allows one field line, but a signal must not be hidden behind a `0`.
+    let gpc = req.headers().get_all("sec-gpc").iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|item| item.trim_ascii() == b"1")
+    });
     if content_length(req.headers()).is_some_and(|len| len > gw.limits.max_request_body_bytes) {
         return Err(Refusal::RequestTooLarge);
     }

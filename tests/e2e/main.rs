@@ -19,6 +19,7 @@ mod adversarial;
 mod consent;
 pub mod fail_closed;
 mod identity;
+mod lawful_bases;
 mod paths;
 mod protocol;
 mod redaction;

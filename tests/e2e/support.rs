@@ -39,7 +39,7 @@ const WAIT: Duration = Duration::from_secs(10);
 // ------------------------------------------------------------------------------------------
 // The policy and the fixtures.
 
-/// The test policy: five purposes on four bases, two callers, contacts with ordinary and special
+/// The test policy: purposes on every lawful basis (three of them sale or sharing), two callers, contacts with ordinary and special
 /// categories, tickets served to `billing` only.
 pub fn policy() -> String {
     let app = hex::encode(Sha256::digest(APP_KEY));
@@ -53,6 +53,11 @@ purposes:
   showcase: {{ basis: contract }}
   audit: {{ basis: legal_obligation }}
   billing: {{ basis: contract }}
+  care: {{ basis: vital_interest }}
+  registry: {{ basis: public_task }}
+  ad_sharing: {{ basis: consent, sale_or_sharing: true }}
+  partner_offers: {{ basis: legitimate_interest, sale_or_sharing: true }}
+  data_sale: {{ basis: contract, sale_or_sharing: true }}
 
 categories:
   user.loyalty: {{}}
@@ -61,7 +66,8 @@ categories:
 callers:
   crm-app:
     api_key: {{ sha256: {app} }}
-    purposes: [marketing, support, analytics, showcase, audit, billing]
+    purposes: [marketing, support, analytics, showcase, audit, billing, care, registry,
+               ad_sharing, partner_offers, data_sale]
   newsletter:
     api_key: {{ sha256: {newsletter} }}
     purposes: [marketing]
@@ -112,6 +118,16 @@ objects:
         - {{ path: $.updatedAt, action: "null" }}
       audit:
         - {{ paths: [$.id, $.properties], action: keep }}
+      care:
+        - {{ paths: [$.id, $.properties.email], action: keep }}
+      registry:
+        - {{ paths: [$.id, $.properties.email], action: keep }}
+      ad_sharing:
+        - {{ paths: [$.id, $.properties.email], action: keep }}
+      partner_offers:
+        - {{ paths: [$.id, $.properties.email], action: keep }}
+      data_sale:
+        - {{ paths: [$.id, $.properties.email], action: keep }}
   ticket:
     subject: $.contactId
     fields:
