@@ -14,11 +14,13 @@
 //! - [`ops`]: operations: the batched log writer.
 //! - [`config`]: operations settings (`consentry.yaml`, `CONSENTRY_*`, flags).
 //! - [`cli`]: subcommands of the `consentry` binary.
+//! - `fuzzing` (only under `cfg(fuzzing)` and `cfg(test)`): the strict DOM reference of the
+//!   engine, shared by the fuzz targets in `fuzz/` and the property tests beside it.
 
 pub mod cli;
 pub mod config;
 pub mod consent;
-#[cfg(fuzzing)]
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod identity;
 pub mod ops;

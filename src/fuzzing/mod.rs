@@ -1,6 +1,11 @@
-//! Entry points of the fuzz targets in `fuzz/` (compiled only under `cfg(fuzzing)`).
+//! Differential checks of the gateway: the entry points of the fuzz targets in `fuzz/`, the
+//! strict DOM reference of the redaction engine they share with the property tests, and the
+//! property tests themselves (`props.rs`, under `cfg(test)`).
 //!
-//! Each function takes the fuzzer's bytes and panics on a finding: a panic of the code under
+//! Compiled only under `cfg(fuzzing)` (set by `cargo fuzz`) and `cfg(test)`, so that the
+//! property tests run with a plain `cargo test` and clippy sees the fuzz entry points too.
+//!
+//! Each entry point takes the fuzzer's bytes and panics on a finding: a panic of the code under
 //! test, or a property that does not hold.
 
 #![allow(
@@ -8,6 +13,8 @@
     reason = "the fuzz entry points report a finding by panicking"
 )]
 
+#[cfg(test)]
+mod props;
 mod reference;
 
 use std::path::PathBuf;
@@ -19,9 +26,9 @@ use crate::policy::compiled::{
 };
 use crate::policy::matcher::Matched;
 use crate::proxy::path::{NormalPath, normalise};
-use crate::redact::{Counts, Limits, RedactError, Redactor};
+use crate::redact::{Limits, RedactError};
 
-use reference::{Case, Consent, parse_strict};
+use reference::{Case, Consent, parse_strict, run_engine};
 
 // ------------------------------------------------------------------------------------------
 // policy_compile
@@ -314,51 +321,14 @@ fn decode(data: &[u8]) -> Option<Input<'_>> {
 
 const MAX_DEPTH: usize = 16;
 
-struct Run {
-    result: Result<Counts, RedactError>,
-    output: Vec<u8>,
-}
-
-fn drain(r: &mut Redactor, consent: Consent) -> Result<(), RedactError> {
-    while r.has_pending() {
-        let lawful: Vec<bool> = r.pending_subjects().map(|s| consent.granted(s)).collect();
-        r.resolve(&lawful)?;
-    }
-    Ok(())
-}
-
-fn run_engine(c: &Case, chunks: &[&[u8]], batch: usize) -> Run {
-    let limits = Limits {
+/// The engine's limits in the fuzz target: a nesting limit low enough that the fuzzer reaches
+/// it.
+fn limits(batch: usize) -> Limits {
+    Limits {
         batch,
         max_depth: MAX_DEPTH,
         ..Limits::default()
-    };
-    let mut r = Redactor::new(
-        &c.records,
-        &c.subject,
-        c.without_basis,
-        Arc::new(c.view.clone()),
-        c.path_subject.as_deref(),
-        limits,
-    );
-    let mut output = Vec::new();
-    let mut go = || -> Result<Counts, RedactError> {
-        for chunk in chunks {
-            let pushed = r.push(chunk).and_then(|()| drain(&mut r, c.consent));
-            output.extend(r.take_output());
-            pushed?;
-        }
-        let finished = r.finish().and_then(|()| drain(&mut r, c.consent));
-        output.extend(r.take_output());
-        finished?;
-        assert!(
-            r.is_complete(),
-            "finish succeeded but the body is not complete"
-        );
-        Ok(r.counts())
-    };
-    let result = go();
-    Run { result, output }
+    }
 }
 
 /// A view and a body: the streaming engine, fed in chunks and whole, against the DOM reference.
@@ -375,7 +345,7 @@ pub fn engine_differential(data: &[u8]) {
     } = input;
     let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let expected = reference::reference(&case, body);
-    let whole = run_engine(&case, &[body], Limits::default().batch);
+    let whole = run_engine(&case, &[body], limits(Limits::default().batch));
     match (&expected, &whole.result) {
         (Ok((tree, counts)), Ok(got_counts)) => {
             let got = parse_strict(&whole.output);
@@ -389,8 +359,8 @@ pub fn engine_differential(data: &[u8]) {
             assert_eq!(counts, got_counts, "counts differ\nbody: {}", show(body));
         }
         (Err(_), Err(_)) => {}
-        // The reference has no depth limit: the engine may refuse a body nested deeper than
-        // its limit.
+        // The reference allows far deeper nesting (`MAX_PARSE_DEPTH`) than the engine here: the
+        // engine may refuse a body nested deeper than its limit.
         (Ok(_), Err(RedactError::Unreadable(crate::redact::frame::FrameError::TooDeep)))
             if parse_strict(body).is_ok_and(|t| reference::depth(&t) > MAX_DEPTH) => {}
         (e, g) => panic!(
@@ -406,7 +376,7 @@ pub fn engine_differential(data: &[u8]) {
         from = p;
     }
     chunks.push(&body[from..]);
-    let chunked = run_engine(&case, &chunks, batch);
+    let chunked = run_engine(&case, &chunks, limits(batch));
     assert_eq!(
         chunked.result.is_ok(),
         whole.result.is_ok(),

@@ -1,15 +1,21 @@
-//! A strict DOM reference of the redaction engine, for the differential fuzz target.
+//! A strict DOM reference of the redaction engine, and the loop that drives the engine, for
+//! the differential fuzz target ([`super::engine_differential`]) and the property tests
+//! (`props.rs`): the one copy both check the engine against.
 //!
 //! The whole body is parsed at once by a strict parser (RFC 8259 grammar, duplicate keys
-//! refused, number text kept exactly as written) and the view is applied by a direct recursive
-//! walk that follows `docs/policy-language.md` and the docs of the compiled plan types. Leaf
-//! transforms reuse [`crate::redact::transform::write`]. It mirrors the reference of
-//! `tests/engine_props.rs`.
+//! refused, number text kept exactly as written, nesting bounded by [`MAX_PARSE_DEPTH`]) and
+//! the view is applied by a direct recursive walk that follows `docs/policy-language.md` and
+//! the docs of the compiled plan types. Leaf transforms reuse
+//! [`crate::redact::transform::write`], which is unit-tested on its own; everything else
+//! (minimisation, plan shapes, envelope, subjects, lawful-basis outcomes) is reimplemented
+//! here.
+
+use std::sync::Arc;
 
 use crate::policy::compiled::{
     ObjectPlan, RecordsAt, SubjectAt, Transform, ValuePlan, View, WithoutBasis,
 };
-use crate::redact::Counts;
+use crate::redact::{Counts, Limits, RedactError, Redactor};
 
 // ------------------------------------------------------------------------------------------
 // A JSON tree that keeps number text exactly and object members in order (duplicates included,
@@ -27,7 +33,8 @@ pub enum J {
 }
 
 impl J {
-    fn get(&self, key: &str) -> Option<&J> {
+    /// The member `key` of an object (the first, if the tree holds duplicates).
+    pub fn get(&self, key: &str) -> Option<&J> {
         match self {
             J::Obj(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -59,8 +66,9 @@ struct Parser<'a> {
     depth: usize,
 }
 
-/// Nesting the reference parser allows (the engine's limits are far below).
-const MAX_PARSE_DEPTH: usize = 256;
+/// Nesting the reference parser allows (the engine's limits are far below): the parser is
+/// recursive, and a fuzz input may be nested as deep as it is long.
+pub const MAX_PARSE_DEPTH: usize = 256;
 
 impl Parser<'_> {
     fn peek(&self) -> Option<u8> {
@@ -314,7 +322,7 @@ pub struct Case {
 
 /// The plan for a member: exact name first, else the wildcard (a linear search, independent of
 /// the engine's binary search over sorted fields).
-fn member_plan<'p>(plan: &'p ObjectPlan, key: &str) -> Option<&'p ValuePlan> {
+pub fn member_plan<'p>(plan: &'p ObjectPlan, key: &str) -> Option<&'p ValuePlan> {
     plan.fields
         .iter()
         .find(|(k, _)| **k == *key)
@@ -338,7 +346,7 @@ fn transform_leaf(t: &Transform, v: &J) -> J {
 }
 
 /// True if `v` is or holds an object.
-fn holds_object(v: &J) -> bool {
+pub fn holds_object(v: &J) -> bool {
     match v {
         J::Obj(_) => true,
         J::Arr(items) => items.iter().any(holds_object),
@@ -387,7 +395,7 @@ fn field_id(record: &J, path: &[Box<str>]) -> Option<String> {
     }
 }
 
-fn subject_of(c: &Case, record: &J) -> Result<String, Refusal> {
+pub fn subject_of(c: &Case, record: &J) -> Result<String, Refusal> {
     match &c.subject {
         SubjectAt::Param(_) => c.path_subject.clone().ok_or(Refusal::NoSubject),
         SubjectAt::Field(path) => field_id(record, path).ok_or(Refusal::NoSubject),
@@ -510,4 +518,54 @@ pub fn depth(v: &J) -> usize {
         J::Obj(members) => 1 + members.iter().map(|(_, m)| depth(m)).max().unwrap_or(0),
         _ => 0,
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Driving the engine.
+
+/// What the engine made of a body.
+pub struct Run {
+    pub result: Result<Counts, RedactError>,
+    /// Everything taken from the engine, including output written before a refusal.
+    pub output: Vec<u8>,
+}
+
+/// Answers the engine's pending consent questions with `consent` until none are left.
+fn drain(r: &mut Redactor, consent: Consent) -> Result<(), RedactError> {
+    while r.has_pending() {
+        let lawful: Vec<bool> = r.pending_subjects().map(|s| consent.granted(s)).collect();
+        r.resolve(&lawful)?;
+    }
+    Ok(())
+}
+
+/// The case's body, in `chunks`, through the streaming engine under `limits`, consent
+/// resolved batch by batch as the engine asks for it.
+pub fn run_engine(c: &Case, chunks: &[&[u8]], limits: Limits) -> Run {
+    let mut r = Redactor::new(
+        &c.records,
+        &c.subject,
+        c.without_basis,
+        Arc::new(c.view.clone()),
+        c.path_subject.as_deref(),
+        limits,
+    );
+    let mut output = Vec::new();
+    let mut go = || -> Result<Counts, RedactError> {
+        for chunk in chunks {
+            let pushed = r.push(chunk).and_then(|()| drain(&mut r, c.consent));
+            output.extend(r.take_output());
+            pushed?;
+        }
+        let finished = r.finish().and_then(|()| drain(&mut r, c.consent));
+        output.extend(r.take_output());
+        finished?;
+        assert!(
+            r.is_complete(),
+            "finish succeeded but the body is not complete"
+        );
+        Ok(r.counts())
+    };
+    let result = go();
+    Run { result, output }
 }

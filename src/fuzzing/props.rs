@@ -1,11 +1,8 @@
-//! Property tests of the streaming redaction engine (`consentry::redact`).
+//! Property tests of the streaming redaction engine ([`crate::redact`]).
 //!
-//! The engine is checked against a small DOM reference: the whole body is parsed at once by a
-//! strict parser (RFC 8259 grammar, duplicate keys refused, number text kept exactly as written),
-//! and the view is applied by a direct recursive walk that follows `docs/policy-language.md` and
-//! the docs of the compiled plan types. Leaf transforms reuse `redact::transform::write`, which is
-//! unit-tested on its own; everything else (minimisation, plan shapes, envelope, subjects,
-//! lawful-basis outcomes) is reimplemented here.
+//! The engine is checked against the strict DOM reference of [`super::reference`], the one the
+//! differential fuzz target uses too. This module adds what only the property tests need: the
+//! generators of views, cases and bodies, and a writer of JSON in a random but valid style.
 //!
 //! Properties:
 //! - the engine's output equals the reference's, or both refuse; any chunking of the body and any
@@ -16,251 +13,17 @@
 //! - the output is strict JSON without duplicate keys;
 //! - a body cut short is refused, unless only trailing whitespace was cut.
 
-use consentry::policy::compiled::{
-    ObjectPlan, RecordsAt, SubjectAt, Transform, ValuePlan, View, WithoutBasis,
-};
-use consentry::redact::{Counts, Limits, RedactError, Redactor};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-// ------------------------------------------------------------------------------------------
-// A JSON tree that keeps number text exactly and object members in order (duplicates included,
-// so that the generators can write bodies with duplicate keys).
-
-#[derive(Clone, Debug, PartialEq)]
-enum J {
-    Null,
-    Bool(bool),
-    /// The number's text as written.
-    Num(String),
-    Str(String),
-    Arr(Vec<J>),
-    Obj(Vec<(String, J)>),
-}
-
-impl J {
-    fn get(&self, key: &str) -> Option<&J> {
-        match self {
-            J::Obj(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-}
-
-/// Strict parse of a whole document: RFC 8259 grammar, valid UTF-8, no lone surrogates, no
-/// duplicate keys (compared unescaped), nothing but whitespace after the value.
-fn parse_strict(bytes: &[u8]) -> Result<J, String> {
-    let mut p = Parser { b: bytes, i: 0 };
-    p.ws();
-    let v = p.value()?;
-    p.ws();
-    if p.i != bytes.len() {
-        return Err(format!("trailing bytes at {}", p.i));
-    }
-    Ok(v)
-}
-
-struct Parser<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> Result<(), String> {
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(format!("expected {:?} at {}", c as char, self.i))
-        }
-    }
-
-    fn literal(&mut self, text: &str, v: J) -> Result<J, String> {
-        if self.b[self.i..].starts_with(text.as_bytes()) {
-            self.i += text.len();
-            Ok(v)
-        } else {
-            Err(format!("bad literal at {}", self.i))
-        }
-    }
-
-    fn value(&mut self) -> Result<J, String> {
-        match self.peek() {
-            Some(b'{') => self.object(),
-            Some(b'[') => self.array(),
-            Some(b'"') => self.string().map(J::Str),
-            Some(b't') => self.literal("true", J::Bool(true)),
-            Some(b'f') => self.literal("false", J::Bool(false)),
-            Some(b'n') => self.literal("null", J::Null),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            _ => Err(format!("no value at {}", self.i)),
-        }
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.i;
-        while matches!(self.peek(), Some(b'0'..=b'9')) {
-            self.i += 1;
-        }
-        self.i - start
-    }
-
-    fn number(&mut self) -> Result<J, String> {
-        let start = self.i;
-        if self.peek() == Some(b'-') {
-            self.i += 1;
-        }
-        match self.peek() {
-            Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => {
-                self.digits();
-            }
-            _ => return Err(format!("bad number at {start}")),
-        }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            if self.digits() == 0 {
-                return Err(format!("bad fraction at {start}"));
-            }
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            if self.digits() == 0 {
-                return Err(format!("bad exponent at {start}"));
-            }
-        }
-        let text = std::str::from_utf8(&self.b[start..self.i]).map_err(|e| e.to_string())?;
-        Ok(J::Num(text.to_owned()))
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let h = self.b.get(self.i..self.i + 4).ok_or("short \\u escape")?;
-        let h = std::str::from_utf8(h).map_err(|e| e.to_string())?;
-        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("bad \\u escape at {}", self.i));
-        }
-        self.i += 4;
-        u32::from_str_radix(h, 16).map_err(|e| e.to_string())
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.eat(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            let c = self.peek().ok_or("unterminated string")?;
-            self.i += 1;
-            match c {
-                b'"' => break,
-                0..=0x1f => return Err(format!("control character at {}", self.i - 1)),
-                b'\\' => {
-                    let e = self.peek().ok_or("unterminated escape")?;
-                    self.i += 1;
-                    let ch = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi) {
-                                if !self.b[self.i..].starts_with(b"\\u") {
-                                    return Err("lone high surrogate".into());
-                                }
-                                self.i += 2;
-                                let lo = self.hex4()?;
-                                if !(0xDC00..0xE000).contains(&lo) {
-                                    return Err("bad low surrogate".into());
-                                }
-                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                            } else if (0xDC00..0xE000).contains(&hi) {
-                                return Err("lone low surrogate".into());
-                            } else {
-                                hi
-                            };
-                            char::from_u32(code).ok_or("bad code point")?
-                        }
-                        _ => return Err(format!("bad escape at {}", self.i - 1)),
-                    };
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-                }
-                _ => out.push(c),
-            }
-        }
-        String::from_utf8(out).map_err(|e| e.to_string())
-    }
-
-    fn array(&mut self) -> Result<J, String> {
-        self.eat(b'[')?;
-        self.ws();
-        let mut items = Vec::new();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            return Ok(J::Arr(items));
-        }
-        loop {
-            self.ws();
-            items.push(self.value()?);
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(J::Arr(items));
-                }
-                _ => return Err(format!("bad array at {}", self.i)),
-            }
-        }
-    }
-
-    fn object(&mut self) -> Result<J, String> {
-        self.eat(b'{')?;
-        self.ws();
-        let mut members: Vec<(String, J)> = Vec::new();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(J::Obj(members));
-        }
-        loop {
-            self.ws();
-            let key = self.string()?;
-            if members.iter().any(|(k, _)| *k == key) {
-                return Err(format!("duplicate key {key:?}"));
-            }
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            let v = self.value()?;
-            members.push((key, v));
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(J::Obj(members));
-                }
-                _ => return Err(format!("bad object at {}", self.i)),
-            }
-        }
-    }
-}
+use super::reference::{
+    Case, Consent, J, Run, holds_object, member_plan, parse_strict, reference, run_engine,
+    subject_of,
+};
+use crate::policy::compiled::{
+    ObjectPlan, RecordsAt, SubjectAt, Transform, ValuePlan, View, WithoutBasis,
+};
+use crate::redact::{Counts, Limits};
 
 // ------------------------------------------------------------------------------------------
 // Writing JSON: compact and plain, or in a random but valid style (whitespace, \u escapes,
@@ -375,283 +138,18 @@ fn to_styled_text(v: &J, seed: u64) -> String {
 }
 
 // ------------------------------------------------------------------------------------------
-// The reference: a DOM walk over the strictly parsed body.
+// Driving the engine (see `reference::run_engine`).
 
-/// Why the reference refuses a body.
-#[derive(Debug, Clone, PartialEq)]
-enum Refusal {
-    Unreadable(String),
-    Shape,
-    NoSubject,
-    SubjectMismatch,
-    NoLawfulBasis,
-}
-
-/// Consent per subject: granted iff a keyed hash of the subject falls under `threshold` of 4.
-#[derive(Debug, Clone, Copy)]
-struct Consent {
-    seed: u64,
-    threshold: u64,
-}
-
-impl Consent {
-    fn granted(&self, subject: &str) -> bool {
-        // FNV-1a, keyed by the seed.
-        let mut h = 0xcbf2_9ce4_8422_2325_u64 ^ self.seed;
-        for b in subject.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h >> 7) % 4 < self.threshold
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Case {
-    records: RecordsAt,
-    subject: SubjectAt,
-    without_basis: WithoutBasis,
-    view: View,
-    path_subject: Option<String>,
-    consent: Consent,
-}
-
-/// The plan for a member: exact name first, else the wildcard (a linear search, independent of
-/// the engine's binary search over sorted fields).
-fn member_plan<'p>(plan: &'p ObjectPlan, key: &str) -> Option<&'p ValuePlan> {
-    plan.fields
-        .iter()
-        .find(|(k, _)| **k == *key)
-        .map(|(_, p)| p)
-        .or(plan.others.as_deref())
-}
-
-#[expect(
-    clippy::expect_used,
-    reason = "a test helper: a failure here is a failing test"
-)]
-fn transform_leaf(t: &Transform, v: &J) -> J {
-    let value = match v {
-        J::Str(s) => consentry::redact::transform::Scalar::Str(std::borrow::Cow::Borrowed(s)),
-        J::Num(t) => consentry::redact::transform::Scalar::Num(t),
-        _ => consentry::redact::transform::Scalar::Other,
-    };
-    let mut out = Vec::new();
-    consentry::redact::transform::write(t, &value, &mut out);
-    parse_strict(&out).expect("a transform writes JSON")
-}
-
-/// True if `v` is or holds an object.
-fn holds_object(v: &J) -> bool {
-    match v {
-        J::Obj(_) => true,
-        J::Arr(items) => items.iter().any(holds_object),
-        _ => false,
-    }
-}
-
-/// `plan` applied to `v`; `None`: dropped.
-fn apply(plan: &ValuePlan, v: &J) -> Option<J> {
-    match plan {
-        ValuePlan::Drop => None,
-        ValuePlan::Keep => Some(v.clone()),
-        ValuePlan::KeepScalar => Some(if holds_object(v) { J::Null } else { v.clone() }),
-        ValuePlan::Transform(t) => Some(transform_leaf(t, v)),
-        ValuePlan::Object(o) => match v {
-            J::Obj(members) => Some(J::Obj(apply_members(o, members))),
-            _ => None,
-        },
-        ValuePlan::Array(p) => match v {
-            J::Arr(items) => Some(J::Arr(items.iter().filter_map(|i| apply(p, i)).collect())),
-            _ => None,
-        },
-    }
-}
-
-fn apply_members(plan: &ObjectPlan, members: &[(String, J)]) -> Vec<(String, J)> {
-    members
-        .iter()
-        .filter_map(|(k, v)| {
-            let p = member_plan(plan, k)?;
-            Some((k.clone(), apply(p, v)?))
-        })
-        .collect()
-}
-
-/// The subject id at a key path: a non-empty string's contents or an integer's digits.
-fn field_id(record: &J, path: &[Box<str>]) -> Option<String> {
-    let mut at = record;
-    for key in path {
-        at = at.get(key)?;
-    }
-    match at {
-        J::Str(s) if !s.is_empty() => Some(s.clone()),
-        J::Num(t) if !t.contains(['.', 'e', 'E']) => Some(t.clone()),
-        _ => None,
-    }
-}
-
-fn subject_of(c: &Case, record: &J) -> Result<String, Refusal> {
-    match &c.subject {
-        SubjectAt::Param(_) => c.path_subject.clone().ok_or(Refusal::NoSubject),
-        SubjectAt::Field(path) => field_id(record, path).ok_or(Refusal::NoSubject),
-        SubjectAt::ParamAndField(_, path) => {
-            let id = field_id(record, path).ok_or(Refusal::NoSubject)?;
-            if c.path_subject.as_deref() == Some(id.as_str()) {
-                Ok(id)
-            } else {
-                Err(Refusal::SubjectMismatch)
-            }
-        }
-    }
-}
-
-/// The plan a record is written with; `None`: left out.
-fn record_plan<'c>(
-    c: &'c Case,
-    record: &J,
-    single: bool,
-    counts: &mut Counts,
-) -> Result<Option<&'c ValuePlan>, Refusal> {
-    let subject = subject_of(c, record)?;
-    if c.consent.granted(&subject) {
-        counts.kept += 1;
-        return Ok(Some(&c.view.record));
-    }
-    match c.without_basis {
-        WithoutBasis::Omit if !single => {
-            counts.omitted += 1;
-            Ok(None)
-        }
-        WithoutBasis::Omit | WithoutBasis::Refuse => Err(Refusal::NoLawfulBasis),
-        WithoutBasis::NonPersonal => {
-            counts.reduced += 1;
-            Ok(Some(&c.view.non_personal))
-        }
-    }
-}
-
-fn records_ref(c: &Case, v: &J, counts: &mut Counts) -> Result<J, Refusal> {
-    let J::Arr(items) = v else {
-        return Err(Refusal::Shape);
-    };
-    let mut out = Vec::new();
-    for item in items {
-        if let Some(plan) = record_plan(c, item, false, counts)? {
-            out.extend(apply(plan, item));
-        }
-    }
-    Ok(J::Arr(out))
-}
-
-/// An envelope object on the way to the records: members off the path go through the envelope
-/// plan; the member on the path is written whatever the plan says (an object on the way is
-/// minimised by the plan's object plan for it, if any), and the records are handled per record.
-fn envelope_ref(
-    c: &Case,
-    plan: Option<&ObjectPlan>,
-    members: &[(String, J)],
-    path: &[Box<str>],
-    counts: &mut Counts,
-) -> Result<J, Refusal> {
-    let mut out = Vec::new();
-    for (k, v) in members {
-        if *k == *path[0] {
-            if path.len() == 1 {
-                out.push((k.clone(), records_ref(c, v, counts)?));
-            } else {
-                let J::Obj(inner) = v else {
-                    return Err(Refusal::Shape);
-                };
-                let inner_plan = plan.and_then(|p| match member_plan(p, k) {
-                    Some(ValuePlan::Object(o)) => Some(o),
-                    _ => None,
-                });
-                out.push((
-                    k.clone(),
-                    envelope_ref(c, inner_plan, inner, &path[1..], counts)?,
-                ));
-            }
-        } else if let Some(kept) = plan
-            .and_then(|p| member_plan(p, k))
-            .and_then(|p| apply(p, v))
-        {
-            out.push((k.clone(), kept));
-        }
-    }
-    Ok(J::Obj(out))
-}
-
-fn reference(c: &Case, body: &[u8]) -> Result<(J, Counts), Refusal> {
-    let root = parse_strict(body).map_err(Refusal::Unreadable)?;
-    let mut counts = Counts::default();
-    let out = match &c.records {
-        RecordsAt::Body => match record_plan(c, &root, true, &mut counts)? {
-            // A single record that the plan drops whole is still an answer: `{}`.
-            Some(plan) => apply(plan, &root).unwrap_or(J::Obj(Vec::new())),
-            None => return Err(Refusal::NoLawfulBasis),
-        },
-        RecordsAt::List(path) if path.is_empty() => records_ref(c, &root, &mut counts)?,
-        RecordsAt::List(path) => match &root {
-            J::Obj(members) => envelope_ref(c, Some(&c.view.envelope), members, path, &mut counts)?,
-            _ => return Err(Refusal::Shape),
-        },
-    };
-    Ok((out, counts))
-}
-
-// ------------------------------------------------------------------------------------------
-// Driving the engine.
-
-struct Run {
-    result: Result<Counts, RedactError>,
-    /// Everything taken from the engine, including output written before a refusal.
-    output: Vec<u8>,
-}
-
-fn drain(r: &mut Redactor, consent: Consent) -> Result<(), RedactError> {
-    while r.has_pending() {
-        let lawful: Vec<bool> = r.pending_subjects().map(|s| consent.granted(s)).collect();
-        r.resolve(&lawful)?;
-    }
-    Ok(())
-}
-
-fn run_engine(c: &Case, chunks: &[&[u8]], batch: usize) -> Run {
-    let limits = Limits {
+/// The engine's default limits, but for the consent batch size.
+fn batched(batch: usize) -> Limits {
+    Limits {
         batch,
         ..Limits::default()
-    };
-    let mut r = Redactor::new(
-        &c.records,
-        &c.subject,
-        c.without_basis,
-        std::sync::Arc::new(c.view.clone()),
-        c.path_subject.as_deref(),
-        limits,
-    );
-    let mut output = Vec::new();
-    let mut go = || -> Result<Counts, RedactError> {
-        for chunk in chunks {
-            let pushed = r.push(chunk).and_then(|()| drain(&mut r, c.consent));
-            output.extend(r.take_output());
-            pushed?;
-        }
-        let finished = r.finish().and_then(|()| drain(&mut r, c.consent));
-        output.extend(r.take_output());
-        finished?;
-        assert!(
-            r.is_complete(),
-            "finish succeeded but the body is not complete"
-        );
-        Ok(r.counts())
-    };
-    let result = go();
-    Run { result, output }
+    }
 }
 
 fn run_whole(c: &Case, body: &[u8]) -> Run {
-    run_engine(c, &[body], Limits::default().batch)
+    run_engine(c, &[body], Limits::default())
 }
 
 /// Splits `body` at the given points (sorted; repeated points give empty chunks).
@@ -1177,7 +675,7 @@ proptest! {
             (e, g) => prop_assert!(false, "reference {:?} but engine {:?}\nbody: {}\noutput: {}", e, g, text, show(&whole.output)),
         }
         let chunks = split(bytes, &cuts);
-        let chunked = run_engine(&c, &chunks, batch);
+        let chunked = run_engine(&c, &chunks, batched(batch));
         prop_assert_eq!(chunked.result.is_ok(), whole.result.is_ok(), "chunked {:?} whole {:?}", chunked.result, whole.result);
         if whole.result.is_ok() {
             prop_assert_eq!(show(&chunked.output), show(&whole.output));
@@ -1206,7 +704,7 @@ proptest! {
             }
         }
         let expected = reference(&c, &bytes);
-        for run in [run_whole(&c, &bytes), run_engine(&c, &split(&bytes, &cuts), 3)] {
+        for run in [run_whole(&c, &bytes), run_engine(&c, &split(&bytes, &cuts), batched(3))] {
             match (&expected, &run.result) {
                 (Ok((tree, _)), Ok(_)) => {
                     let got = parse_strict(&run.output);
@@ -1233,7 +731,7 @@ proptest! {
         let bytes = text.as_bytes();
         let mut released = Vec::new();
         released_markers(&c, &body, &mut released);
-        for run in [run_whole(&c, bytes), run_engine(&c, &split(bytes, &cuts), batch)] {
+        for run in [run_whole(&c, bytes), run_engine(&c, &split(bytes, &cuts), batched(batch))] {
             let out = show(&run.output);
             for m in markers_in(&out) {
                 prop_assert!(released.contains(&m), "marker {} leaked\nbody: {}\noutput: {}", m, text, out);
@@ -1276,7 +774,7 @@ proptest! {
             let only_ws = bytes[len..].iter().all(|b| b" \t\r\n".contains(b));
             // Also fed in two chunks, to cut through the framer's state at another place.
             let at = split_at.index(len + 1);
-            for run in [run_whole(&c, prefix), run_engine(&c, &[&prefix[..at], &prefix[at..]], 2)] {
+            for run in [run_whole(&c, prefix), run_engine(&c, &[&prefix[..at], &prefix[at..]], batched(2))] {
                 if only_ws {
                     prop_assert!(run.result.is_ok(), "{:?}", run.result);
                     prop_assert_eq!(show(&run.output), show(&whole.output));
