@@ -80,6 +80,9 @@ pub struct ConsentConfig {
     pub lookup_timeout_ms: u64,
     /// Most cached entries.
     pub cache_entries: usize,
+    /// Most store lookups in flight at once; a lookup waiting for its turn past
+    /// `lookup_timeout_ms` counts as "no consent".
+    pub max_concurrent_lookups: usize,
 }
 
 impl Default for Config {
@@ -129,6 +132,7 @@ impl Default for ConsentConfig {
             cache_ttl_ms: 60_000,
             lookup_timeout_ms: 1_000,
             cache_entries: 100_000,
+            max_concurrent_lookups: 32,
         }
     }
 }
@@ -196,6 +200,11 @@ impl Config {
                 "upstream `{}` must be an http:// URL with a host",
                 self.upstream
             )));
+        }
+        if self.consent.max_concurrent_lookups == 0 {
+            return Err(ConfigError::Invalid(
+                "consent.max_concurrent_lookups must be greater than zero".to_owned(),
+            ));
         }
         if self.limits.max_depth == 0 || self.limits.max_record_bytes == 0 {
             return Err(ConfigError::Invalid(

@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Most entries in the consent cache.
     #[arg(long, env = "CONSENTRY_CONSENT_CACHE_ENTRIES")]
     pub consent_cache_entries: Option<usize>,
+    /// Most consent store lookups in flight at once.
+    #[arg(long, env = "CONSENTRY_CONSENT_MAX_CONCURRENT_LOOKUPS")]
+    pub consent_max_concurrent_lookups: Option<usize>,
     /// Worker threads (0: one per core).
     #[arg(long, env = "CONSENTRY_WORKERS")]
     pub workers: Option<usize>,
@@ -132,6 +135,7 @@ impl ServeArgs {
             client_header_timeout_ms => timeouts.client_header_ms;
             shutdown_timeout_ms => timeouts.shutdown_ms;
             consent_cache_entries => consent.cache_entries;
+            consent_max_concurrent_lookups => consent.max_concurrent_lookups;
             workers => workers;
         }
         c.validate()?;

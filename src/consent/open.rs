@@ -68,6 +68,7 @@ pub fn cache_config(config: &Config) -> CacheConfig {
         ttl: Duration::from_millis(config.consent.cache_ttl_ms),
         lookup_timeout: Duration::from_millis(config.consent.lookup_timeout_ms),
         max_subjects: config.consent.cache_entries,
+        max_concurrent_lookups: config.consent.max_concurrent_lookups,
     }
 }
 

@@ -124,6 +124,22 @@ pub trait ConsentStore: Send + Sync {
         subjects: &'a [&'a str],
     ) -> StoreFuture<'a, Vec<ConsentState>>;
 
+    /// [`ConsentStore::lookup`] with one result per subject, for stores that ask about each
+    /// subject separately (an external platform): one unreadable answer then costs that subject
+    /// alone, not the batch. The outer error still fails the whole batch.
+    ///
+    /// The default asks [`ConsentStore::lookup`] once: all or nothing.
+    fn lookup_each<'a>(
+        &'a self,
+        purpose: &'a str,
+        subjects: &'a [&'a str],
+    ) -> StoreFuture<'a, Vec<Result<ConsentState, StoreError>>> {
+        Box::pin(async move {
+            let states = self.lookup(purpose, subjects).await?;
+            Ok(states.into_iter().map(Ok).collect())
+        })
+    }
+
     /// Every event of a subject, oldest first (by time, then insertion order), with the time
     /// each was recorded.
     fn history<'a>(&'a self, subject: &'a str) -> StoreFuture<'a, Vec<ConsentEvent>>;
