@@ -101,6 +101,10 @@ pub enum StoreError {
     /// The store cannot do this (an external platform that is only read, say).
     #[error("this consent store does not support {0}")]
     Unsupported(&'static str),
+    /// An external platform could not be reached, or its answer could not be read (a status
+    /// other than 2xx or 404, not JSON, a path missing, an unknown value, too slow).
+    #[error("consent platform: {0}")]
+    Http(String),
     /// The store's location could not be prepared.
     #[error("cannot prepare the consent store at {path}: {source}")]
     Io {
