@@ -20,6 +20,7 @@ mod consent;
 pub mod fail_closed;
 mod identity;
 mod paths;
+mod platform;
 mod protocol;
 mod redaction;
 mod shapes;
