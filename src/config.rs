@@ -70,10 +70,25 @@ pub struct TimeoutsConfig {
     pub shutdown_ms: u64,
 }
 
+/// Which consent store the gateway and the `consent` commands use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// The embedded SQLite file in the data directory.
+    #[default]
+    Sqlite,
+    /// An external consent-management platform, read over HTTP (`consent.http`).
+    Http,
+}
+
 /// The consent cache and store lookups.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsentConfig {
+    /// The store that keeps consent.
+    pub store: StoreKind,
+    /// The external platform, when `store` is `http` (ignored otherwise).
+    pub http: Option<HttpStoreConfig>,
     /// The key file behind erasure pseudonyms (default: `DATA_DIR/erasure.key`, created on
     /// first use). Replicas sharing a store must share it.
     pub erasure_key_file: Option<PathBuf>,
@@ -83,6 +98,75 @@ pub struct ConsentConfig {
     pub lookup_timeout_ms: u64,
     /// Most cached entries.
     pub cache_entries: usize,
+    /// Most store lookups in flight at once; a lookup waiting for its turn past
+    /// `lookup_timeout_ms` counts as "no consent".
+    pub max_concurrent_lookups: usize,
+}
+
+/// An external consent-management platform asked over plain HTTP, one request per subject
+/// (see `consent/http.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStoreConfig {
+    /// `http://host:port/path?query` with `{subject}` and `{purpose}` placeholders, each
+    /// replaced by the percent-encoded value.
+    pub url: String,
+    /// The header that carries `token_env`'s value (default `authorization`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The environment variable whose value is sent in `header` (`Bearer abc...`).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Time budget of one request, connecting included.
+    #[serde(default = "HttpStoreConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most requests to the platform in flight at once.
+    #[serde(default = "HttpStoreConfig::default_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Where the answer says what the subject did, and the platform's words for it.
+    pub status: HttpStatusConfig,
+    /// JSONPath of when the subject did it (RFC 3339 text or unix milliseconds).
+    #[serde(default)]
+    pub at: Option<String>,
+    /// JSONPath of when a grant lapses (RFC 3339 text or unix milliseconds).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// JSONPath of a boolean: the subject opted out of every sale or sharing purpose.
+    #[serde(default)]
+    pub opt_out_all: Option<String>,
+}
+
+impl HttpStoreConfig {
+    fn default_timeout_ms() -> u64 {
+        800
+    }
+
+    fn default_max_concurrent() -> usize {
+        16
+    }
+}
+
+/// The status of an answer: a JSONPath and the values that mean each kind of event. Values are
+/// JSON scalars compared exactly (`true` and `"true"` differ); a value in no list is an error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStatusConfig {
+    /// JSONPath of the status in the answer.
+    pub path: String,
+    /// Values meaning the subject granted the purpose.
+    pub granted: Vec<serde_json::Value>,
+    /// Values meaning the subject withdrew it.
+    #[serde(default)]
+    pub withdrawn: Vec<serde_json::Value>,
+    /// Values meaning the subject objected to it.
+    #[serde(default)]
+    pub objected: Vec<serde_json::Value>,
+    /// Values meaning the subject opted out of it (sale or sharing).
+    #[serde(default)]
+    pub opted_out: Vec<serde_json::Value>,
+    /// Values meaning the platform holds nothing for the purpose (as a 404 does).
+    #[serde(default)]
+    pub none: Vec<serde_json::Value>,
 }
 
 impl Default for Config {
@@ -133,6 +217,9 @@ impl Default for ConsentConfig {
             cache_ttl_ms: 60_000,
             lookup_timeout_ms: 1_000,
             cache_entries: 100_000,
+            store: StoreKind::Sqlite,
+            http: None,
+            max_concurrent_lookups: 32,
         }
     }
 }
@@ -200,6 +287,16 @@ impl Config {
                 "upstream `{}` must be an http:// URL with a host",
                 self.upstream
             )));
+        }
+        if self.consent.store == StoreKind::Http && self.consent.http.is_none() {
+            return Err(ConfigError::Invalid(
+                "consent.store is `http` but there is no `consent.http` section".to_owned(),
+            ));
+        }
+        if self.consent.max_concurrent_lookups == 0 {
+            return Err(ConfigError::Invalid(
+                "consent.max_concurrent_lookups must be greater than zero".to_owned(),
+            ));
         }
         if self.limits.max_depth == 0 || self.limits.max_record_bytes == 0 {
             return Err(ConfigError::Invalid(

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 
 /// Flags of `serve`; each overrides the configuration file and has a `CONSENTRY_*` variable.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Most entries in the consent cache.
     #[arg(long, env = "CONSENTRY_CONSENT_CACHE_ENTRIES")]
     pub consent_cache_entries: Option<usize>,
+    /// Most consent store lookups in flight at once.
+    #[arg(long, env = "CONSENTRY_CONSENT_MAX_CONCURRENT_LOOKUPS")]
+    pub consent_max_concurrent_lookups: Option<usize>,
     /// Worker threads (0: one per core).
     #[arg(long, env = "CONSENTRY_WORKERS")]
     pub workers: Option<usize>,
@@ -84,6 +87,9 @@ pub struct StoreArgs {
     /// The erasure key file (default: DATA_DIR/erasure.key).
     #[arg(long, env = "CONSENTRY_ERASURE_KEY_FILE")]
     pub erasure_key_file: Option<PathBuf>,
+    /// The consent store (`http` reads the platform set in the file's `consent.http`).
+    #[arg(long, env = "CONSENTRY_CONSENT_STORE", value_enum)]
+    pub consent_store: Option<StoreKind>,
 }
 
 impl StoreArgs {
@@ -104,6 +110,9 @@ impl StoreArgs {
         }
         if let Some(v) = &self.erasure_key_file {
             c.consent.erasure_key_file = Some(v.clone());
+        }
+        if let Some(v) = self.consent_store {
+            c.consent.store = v;
         }
     }
 }
@@ -136,6 +145,7 @@ impl ServeArgs {
             idle_timeout_ms => timeouts.idle_ms;
             shutdown_timeout_ms => timeouts.shutdown_ms;
             consent_cache_entries => consent.cache_entries;
+            consent_max_concurrent_lookups => consent.max_concurrent_lookups;
             workers => workers;
         }
         c.validate()?;
@@ -235,5 +245,19 @@ mod tests {
         assert!(err.contains("max_dept"), "{err}");
         let w = Wrapper::parse_from(["x", "--upstream", "https://crm"]);
         assert!(w.args.config().is_err());
+    }
+
+    #[test]
+    fn the_consent_store_is_chosen_by_flag() {
+        let w = Wrapper::parse_from(["x"]);
+        assert_eq!(w.args.config().unwrap().consent.store, StoreKind::Sqlite);
+        // `http` needs its section in the file.
+        let w = Wrapper::parse_from(["x", "--consent-store", "http"]);
+        let err = w.args.config().unwrap_err().to_string();
+        assert!(err.contains("consent.http"), "{err}");
+        assert!(
+            Wrapper::try_parse_from(["x", "--consent-store", "mongo"]).is_err(),
+            "an unknown store is refused"
+        );
     }
 }

@@ -18,13 +18,27 @@
 //! `max_subjects` bounds the number of cached subjects. When an insert would go over it, expired
 //! entries are swept; if that is not enough, the whole cache is cleared. Simple, and a cold
 //! cache costs one batched lookup per response, not one per record.
+//!
+//! # Holding load: coalesced misses and a bound on store queries
+//!
+//! A miss for (subject, purpose) that is already being looked up waits for that lookup (a
+//! *flight*) instead of asking the store again, so a burst of requests for one cold subject
+//! costs one query. Flights run in their own task: a client that goes away mid-lookup does not
+//! cancel the answer others wait for, and the answer is still cached. Each flight holds one of
+//! `max_concurrent_lookups` permits while it queries the store; waiting for a permit counts
+//! against `lookup_timeout`, so a saturated store yields `Unknown` (refusals), not a queue.
+//!
+//! A miss joins a flight only if that flight started after every invalidation the miss has
+//! seen (its generation is not older): a request made after a withdrawal was recorded never
+//! takes an answer read before it. Hits do not look at flights at all.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::watch;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::policy::compiled::Purpose;
@@ -42,6 +56,8 @@ pub struct CacheConfig {
     pub lookup_timeout: Duration,
     /// Most subjects held in the cache (see the module documentation for what happens then).
     pub max_subjects: usize,
+    /// Most store lookups in flight at once; the rest wait, within `lookup_timeout`.
+    pub max_concurrent_lookups: usize,
 }
 
 impl Default for CacheConfig {
@@ -50,8 +66,35 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(60),
             lookup_timeout: Duration::from_millis(250),
             max_subjects: 100_000,
+            max_concurrent_lookups: 32,
         }
     }
+}
+
+/// How long past its deadline a waiter still waits for a flight to publish. The flight's own
+/// timeout ends its lookup at the deadline; this only covers the moment it takes to publish.
+const PUBLISH_GRACE: Duration = Duration::from_millis(100);
+
+/// A (purpose, subject) being looked up.
+type FlightKey = (Arc<str>, Box<str>);
+
+/// What a flight publishes: the state of each of its subjects, `None` where the store did not
+/// answer (error or timeout).
+type Outcome = Arc<[Option<ConsentState>]>;
+
+/// Where a miss waits for the flight that looks its subject up.
+#[derive(Clone)]
+struct Waiter {
+    /// The flight's answer; `None` until it is published.
+    answer: watch::Receiver<Option<Outcome>>,
+    /// The subject's place in the flight's answer.
+    index: usize,
+    /// Which flight (to remove only its own entries).
+    flight: u64,
+    /// The invalidation generation the flight started in.
+    generation: u64,
+    /// When the flight gives up on the store.
+    deadline: tokio::time::Instant,
 }
 
 /// One purpose's state for a cached subject.
@@ -66,12 +109,20 @@ struct Slot {
 pub struct ConsentService {
     store: Arc<dyn ConsentStore>,
     cache: DashMap<Box<str>, Vec<Slot>>,
+    /// Misses being looked up now; only misses read or write it.
+    inflight: DashMap<FlightKey, Waiter>,
+    /// Numbers flights.
+    flights: AtomicU64,
+    /// One permit per store lookup in flight.
+    permits: Semaphore,
     /// Bumped by every invalidation, so that a lookup that raced with one does not put back
-    /// what was just invalidated.
+    /// what was just invalidated, and a later miss does not join it.
     generation: AtomicU64,
     config: CacheConfig,
     /// Forwards the store's change feed into [`ConsentService::invalidate_all`].
     watcher: Option<JoinHandle<()>>,
+    /// The service itself, for the tasks that run flights.
+    me: Weak<ConsentService>,
 }
 
 impl std::fmt::Debug for ConsentService {
@@ -111,9 +162,17 @@ impl ConsentService {
             Self {
                 store,
                 cache: DashMap::new(),
+                inflight: DashMap::new(),
+                flights: AtomicU64::new(0),
+                permits: Semaphore::new(
+                    config
+                        .max_concurrent_lookups
+                        .clamp(1, Semaphore::MAX_PERMITS),
+                ),
                 generation: AtomicU64::new(0),
                 config,
                 watcher,
+                me: weak.clone(),
             }
         })
     }
@@ -126,9 +185,10 @@ impl ConsentService {
     /// Decides `purpose` for each subject, in the order of `subjects`.
     ///
     /// Purposes that need no consent are granted without a lookup, and a GPC signal denies a
-    /// sale or sharing purpose without one. Otherwise cache hits are answered from memory and
-    /// all misses go to the store in one lookup bounded by `lookup_timeout`; if it fails or
-    /// times out, those subjects are [`Consent::Unknown`].
+    /// sale or sharing purpose without one. Otherwise cache hits are answered from memory;
+    /// misses already being looked up wait for that lookup, and the others go to the store in
+    /// one lookup bounded by `lookup_timeout` (waiting for a permit included). A subject the
+    /// store did not answer for in time is [`Consent::Unknown`].
     pub async fn decide_batch(
         &self,
         purpose: &Purpose,
@@ -178,14 +238,14 @@ impl ConsentService {
 
     /// Forgets what is cached about one subject.
     pub fn forget(&self, subject: &str) {
-        // INVARIANT: bump before removing (see `fetch`).
+        // INVARIANT: bump before removing (see `remember`).
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.remove(subject);
     }
 
     /// Forgets everything cached.
     pub fn invalidate_all(&self) {
-        // INVARIANT: bump before removing (see `fetch`).
+        // INVARIANT: bump before removing (see `remember`).
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
     }
@@ -193,6 +253,12 @@ impl ConsentService {
     /// Number of subjects currently cached (expired entries included until swept).
     pub fn cached_subjects(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Number of (subject, purpose) lookups in flight.
+    #[cfg(test)]
+    pub(crate) fn flights_in_progress(&self) -> usize {
+        self.inflight.len()
     }
 
     /// The unexpired cached state of (subject, purpose).
@@ -204,63 +270,189 @@ impl ConsentService {
             .map(|s| s.state)
     }
 
-    /// Looks up the missed subjects in one store call and caches what it returns. Yields
-    /// `(index in missed, state)`; nothing on failure.
+    /// Answers the missed subjects: joins the flights already looking some of them up, and
+    /// starts one flight for the rest. Yields `(index in missed, state)` for the subjects that
+    /// got an answer; the others are left out (Unknown).
     async fn fetch(&self, purpose: &Purpose, missed: &[&str]) -> Vec<(usize, ConsentState)> {
+        let Some(me) = self.me.upgrade() else {
+            // Only while the service is being dropped: nothing can be looked up.
+            return Vec::new();
+        };
         let generation = self.generation.load(Ordering::Acquire);
-        let lookup = self.store.lookup(&purpose.name, missed);
-        let states = match tokio::time::timeout(self.config.lookup_timeout, lookup).await {
-            Ok(Ok(states)) if states.len() == missed.len() => states,
-            Ok(Ok(states)) => {
+        let flight = self.flights.fetch_add(1, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.config.lookup_timeout;
+        let (publish, answer) = watch::channel(None);
+        let name: Arc<str> = Arc::from(&*purpose.name);
+        let mut waits: Vec<(usize, Waiter)> = Vec::with_capacity(missed.len());
+        let mut lead: Vec<FlightKey> = Vec::new();
+        for (i, subject) in missed.iter().enumerate() {
+            let key: FlightKey = (Arc::clone(&name), Box::from(*subject));
+            let ours = Waiter {
+                answer: answer.clone(),
+                index: lead.len(),
+                flight,
+                generation,
+                deadline,
+            };
+            match self.inflight.entry(key) {
+                // A flight that started after every invalidation we have seen reads what we
+                // would read: wait for it.
+                Entry::Occupied(e) if e.get().generation >= generation => {
+                    waits.push((i, e.get().clone()));
+                }
+                // An older flight may have read before a write we must see: replace it (it
+                // only removes its own entries).
+                Entry::Occupied(mut e) => {
+                    lead.push(e.key().clone());
+                    e.insert(ours.clone());
+                    waits.push((i, ours));
+                }
+                Entry::Vacant(e) => {
+                    lead.push(e.key().clone());
+                    e.insert(ours.clone());
+                    waits.push((i, ours));
+                }
+            }
+        }
+        if lead.is_empty() {
+            drop(publish);
+        } else {
+            let guard = FlightGuard {
+                service: me,
+                flight,
+                keys: lead,
+                publish,
+            };
+            tokio::spawn(guard.fly(generation, deadline));
+        }
+        drop(answer);
+
+        let mut found = Vec::with_capacity(waits.len());
+        for (i, mut waiter) in waits {
+            let limit = waiter.deadline + PUBLISH_GRACE;
+            let published =
+                tokio::time::timeout_at(limit, waiter.answer.wait_for(Option::is_some)).await;
+            // FAIL-CLOSED: a flight that timed out, failed for this subject, or vanished
+            // without publishing leaves the subject out (Unknown).
+            if let Ok(Ok(outcome)) = published
+                && let Some(Some(state)) =
+                    outcome.as_ref().and_then(|o| o.get(waiter.index).copied())
+            {
+                found.push((i, state));
+            }
+        }
+        found
+    }
+
+    /// One store lookup for `subjects`, within a permit and before `deadline`. `None` for each
+    /// subject the store did not answer for.
+    async fn lookup(
+        &self,
+        purpose: &str,
+        subjects: &[&str],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Option<ConsentState>> {
+        let nothing = || vec![None; subjects.len()];
+        let work = async {
+            // The semaphore is never closed; a closed one would only mean "no answer".
+            let _permit = self.permits.acquire().await.ok()?;
+            Some(self.store.lookup_each(purpose, subjects).await)
+        };
+        let results = match tokio::time::timeout_at(deadline, work).await {
+            Ok(Some(Ok(results))) if results.len() == subjects.len() => results,
+            Ok(Some(Ok(results))) => {
                 tracing::warn!(
-                    purpose = %purpose.name,
-                    asked = missed.len(),
-                    answered = states.len(),
+                    purpose,
+                    asked = subjects.len(),
+                    answered = results.len(),
                     "consent store answered for the wrong number of subjects: treating them as unknown"
                 );
-                return Vec::new();
+                return nothing();
             }
-            Ok(Err(error)) => {
+            Ok(Some(Err(error))) => {
                 tracing::warn!(
-                    purpose = %purpose.name,
-                    subjects = missed.len(),
+                    purpose,
+                    subjects = subjects.len(),
                     %error,
                     "consent store lookup failed: treating the subjects as unknown"
                 );
-                return Vec::new();
+                return nothing();
             }
+            Ok(None) => return nothing(),
             Err(_) => {
                 tracing::warn!(
-                    purpose = %purpose.name,
-                    subjects = missed.len(),
-                    timeout_ms = u64::try_from(self.config.lookup_timeout.as_millis()).unwrap_or(u64::MAX),
+                    purpose,
+                    subjects = subjects.len(),
+                    timeout_ms =
+                        u64::try_from(self.config.lookup_timeout.as_millis()).unwrap_or(u64::MAX),
                     "consent store lookup timed out: treating the subjects as unknown"
                 );
-                return Vec::new();
+                return nothing();
             }
         };
-        self.make_room(missed.len());
+        let mut failed = 0usize;
+        let mut first_error = None;
+        let states = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(state) => Some(state),
+                Err(error) => {
+                    failed += 1;
+                    first_error.get_or_insert(error);
+                    None
+                }
+            })
+            .collect();
+        if let Some(error) = first_error {
+            tracing::warn!(
+                purpose,
+                subjects = subjects.len(),
+                failed,
+                %error,
+                "consent store could not answer for some subjects: treating them as unknown"
+            );
+        }
+        states
+    }
+
+    /// Caches the states a flight read (not the failures), unless an invalidation ran since
+    /// the flight started.
+    fn remember(
+        &self,
+        purpose: &str,
+        subjects: &[&str],
+        states: &[Option<ConsentState>],
+        generation: u64,
+    ) {
+        let answered = states.iter().filter(|s| s.is_some()).count();
+        if answered == 0 {
+            return;
+        }
+        self.make_room(answered);
         // A batch larger than the whole cache is answered in full but cached only in part.
         let room = self.config.max_subjects.saturating_sub(self.cache.len());
         let expires = Instant::now() + self.config.ttl;
-        for (subject, state) in missed.iter().zip(&states).take(room) {
+        let answers = subjects
+            .iter()
+            .zip(states)
+            .filter_map(|(subject, state)| state.map(|s| (subject, s)));
+        for (subject, state) in answers.take(room) {
             let mut slots = self.cache.entry(Box::from(*subject)).or_default();
             let now = Instant::now();
-            slots.retain(|s| s.purpose != purpose.name && s.expires > now);
+            slots.retain(|s| &*s.purpose != purpose && s.expires > now);
             slots.push(Slot {
-                purpose: purpose.name.clone(),
-                state: *state,
+                purpose: Box::from(purpose),
+                state,
                 expires,
             });
         }
         // INVARIANT: insert, then check. An invalidation bumps the generation before removing,
         // so either it removed what we inserted or we see its bump and remove it ourselves.
         if self.generation.load(Ordering::Acquire) != generation {
-            for subject in missed {
+            for subject in subjects {
                 self.cache.remove(*subject);
             }
         }
-        states.into_iter().enumerate().collect()
     }
 
     /// Keeps the cache under `max_subjects` before `incoming` more subjects are added.
@@ -275,6 +467,49 @@ impl ConsentService {
         });
         if self.cache.len().saturating_add(incoming) > self.config.max_subjects {
             self.cache.clear();
+        }
+    }
+}
+
+/// A flight: the misses one `fetch` leads, looked up in a task of their own.
+///
+/// Dropping it (normally, or when the runtime drops the task) removes its entries from the
+/// in-flight map before its answer channel closes, so no miss can join a flight that will
+/// never publish.
+struct FlightGuard {
+    service: Arc<ConsentService>,
+    flight: u64,
+    keys: Vec<FlightKey>,
+    publish: watch::Sender<Option<Outcome>>,
+}
+
+impl FlightGuard {
+    /// Looks the subjects up, caches the answers, leaves the in-flight map, then publishes.
+    async fn fly(self, generation: u64, deadline: tokio::time::Instant) {
+        let Some((purpose, _)) = self.keys.first() else {
+            return;
+        };
+        let purpose = Arc::clone(purpose);
+        let subjects: Vec<&str> = self.keys.iter().map(|(_, s)| &**s).collect();
+        let states = self.service.lookup(&purpose, &subjects, deadline).await;
+        self.service
+            .remember(&purpose, &subjects, &states, generation);
+        drop(subjects);
+        // INVARIANT: cache, then leave the map, then publish. A miss that comes after the
+        // answer is cached hits; one that comes before it leaves the map joins and is told.
+        let publish = self.publish.clone();
+        drop(self);
+        publish.send_replace(Some(Outcome::from(states)));
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let flight = self.flight;
+        for key in &self.keys {
+            self.service
+                .inflight
+                .remove_if(key, |_, w| w.flight == flight);
         }
     }
 }

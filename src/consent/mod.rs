@@ -4,6 +4,7 @@
 //! - [`event`]: the event model and its import formats (CSV, JSON lines).
 //! - [`store`]: the [`store::ConsentStore`] trait and the state it returns.
 //! - [`sqlite`]: the embedded store (one SQLite file in the data directory).
+//! - [`http`]: an external consent-management platform, read over HTTP (lookups only).
 //! - [`erasure`]: the key and pseudonym behind erasure records.
 //! - [`decide`]: the pure decision from a state (`Granted`, `Denied`, `Unknown`).
 //! - [`open`]: the store the configuration names, opened for the gateway or the CLI.
@@ -17,6 +18,7 @@ pub mod cache;
 pub mod decide;
 pub mod erasure;
 pub mod event;
+pub mod http;
 pub mod open;
 pub mod requests;
 pub mod sqlite;

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 
 use super::cache::{CacheConfig, ConsentService};
 use super::erasure::ErasureKey;
+use super::http::{HttpConfigError, HttpConsentStore};
 use super::requests::ConsentRecords;
 use super::sqlite::{SqliteStore, SqliteStoreOptions};
 use super::store::{ConsentStore, StoreError};
@@ -32,6 +33,9 @@ pub enum OpenError {
     /// The store failed to open or migrate.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The external platform's settings cannot work.
+    #[error(transparent)]
+    Http(#[from] HttpConfigError),
     /// The erasure key could not be read or created.
     #[error(transparent)]
     ErasureKey(#[from] super::erasure::ErasureKeyError),
@@ -45,21 +49,37 @@ pub enum OpenError {
     },
 }
 
-/// Opens the configured consent store.
+/// Opens the configured consent store (`consent.store`). The data directory is created either
+/// way: it holds the erasure key.
 pub async fn open_store(config: &Config, usage: Use) -> Result<Arc<dyn ConsentStore>, OpenError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::DataDir {
         dir: config.data_dir.clone(),
         source,
     })?;
-    let options = SqliteStoreOptions {
-        watch_interval: match usage {
-            Use::Gateway => SqliteStoreOptions::default().watch_interval,
-            Use::OneShot => None,
-        },
-        ..SqliteStoreOptions::default()
-    };
-    let store = SqliteStore::open_with(config.data_dir.join(SQLITE_FILE), options).await?;
-    Ok(Arc::new(store))
+    match config.consent.store {
+        StoreKind::Sqlite => {
+            let options = SqliteStoreOptions {
+                watch_interval: match usage {
+                    Use::Gateway => SqliteStoreOptions::default().watch_interval,
+                    Use::OneShot => None,
+                },
+                ..SqliteStoreOptions::default()
+            };
+            let store = SqliteStore::open_with(config.data_dir.join(SQLITE_FILE), options).await?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Http => {
+            let http = config
+                .consent
+                .http
+                .as_ref()
+                .ok_or_else(|| HttpConfigError {
+                    key: "http".to_owned(),
+                    message: "the section is missing, and `consent.store` is `http`".to_owned(),
+                })?;
+            Ok(Arc::new(HttpConsentStore::new(http)?))
+        }
+    }
 }
 
 /// The cache settings of the configuration.
@@ -68,6 +88,7 @@ pub fn cache_config(config: &Config) -> CacheConfig {
         ttl: Duration::from_millis(config.consent.cache_ttl_ms),
         lookup_timeout: Duration::from_millis(config.consent.lookup_timeout_ms),
         max_subjects: config.consent.cache_entries,
+        max_concurrent_lookups: config.consent.max_concurrent_lookups,
     }
 }
 

@@ -101,6 +101,10 @@ pub enum StoreError {
     /// The store cannot do this (an external platform that is only read, say).
     #[error("this consent store does not support {0}")]
     Unsupported(&'static str),
+    /// An external platform could not be reached, or its answer could not be read (a status
+    /// other than 2xx or 404, not JSON, a path missing, an unknown value, too slow).
+    #[error("consent platform: {0}")]
+    Http(String),
     /// The store's location could not be prepared.
     #[error("cannot prepare the consent store at {path}: {source}")]
     Io {
@@ -123,6 +127,22 @@ pub trait ConsentStore: Send + Sync {
         purpose: &'a str,
         subjects: &'a [&'a str],
     ) -> StoreFuture<'a, Vec<ConsentState>>;
+
+    /// [`ConsentStore::lookup`] with one result per subject, for stores that ask about each
+    /// subject separately (an external platform): one unreadable answer then costs that subject
+    /// alone, not the batch. The outer error still fails the whole batch.
+    ///
+    /// The default asks [`ConsentStore::lookup`] once: all or nothing.
+    fn lookup_each<'a>(
+        &'a self,
+        purpose: &'a str,
+        subjects: &'a [&'a str],
+    ) -> StoreFuture<'a, Vec<Result<ConsentState, StoreError>>> {
+        Box::pin(async move {
+            let states = self.lookup(purpose, subjects).await?;
+            Ok(states.into_iter().map(Ok).collect())
+        })
+    }
 
     /// Every event of a subject, oldest first (by time, then insertion order), with the time
     /// each was recorded.

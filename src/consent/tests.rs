@@ -1,7 +1,9 @@
-//! Store, cache and CLI tests against real SQLite files in temporary directories.
+//! Store, cache and CLI tests against real SQLite files in temporary directories (the cache's
+//! load tests wrap the real store to count and slow its lookups, never to fake answers).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::{Connection, SqliteConnection};
@@ -10,7 +12,7 @@ use super::cache::{CacheConfig, ConsentService};
 use super::decide::Consent;
 use super::event::{ConsentEvent, EventKind, now_ms};
 use super::sqlite::{SqliteStore, SqliteStoreOptions};
-use super::store::{ConsentState, ConsentStore};
+use super::store::{ConsentState, ConsentStore, ErasureRecord, ExportedEvent, StoreFuture};
 use crate::cli::consent::{ConsentCommand, run};
 use crate::policy::compiled::{LawfulBasis, Purpose};
 
@@ -659,4 +661,252 @@ async fn an_import_with_a_bad_line_writes_nothing() {
     for subject in ["1", "2", "3", "4"] {
         assert!(s.history(subject).await.unwrap().is_empty());
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Holding load: coalesced misses and the bound on store lookups.
+
+/// A real store behind a wrapper that counts lookups and how many run at once, and answers
+/// each one `delay` after reading it (the answer is always the real store's).
+struct Counting {
+    inner: Arc<SqliteStore>,
+    delay: Duration,
+    calls: AtomicUsize,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+impl Counting {
+    fn new(inner: Arc<SqliteStore>, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            delay,
+            calls: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            max_running: AtomicUsize::new(0),
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a lookup as finished when dropped, cancelled ones included.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ConsentStore for Counting {
+    fn append<'a>(&'a self, events: &'a [ConsentEvent]) -> StoreFuture<'a, ()> {
+        self.inner.append(events)
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        purpose: &'a str,
+        subjects: &'a [&'a str],
+    ) -> StoreFuture<'a, Vec<ConsentState>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            let _finished = Finished(&self.running);
+            let states = self.inner.lookup(purpose, subjects).await;
+            tokio::time::sleep(self.delay).await;
+            states
+        })
+    }
+
+    fn history<'a>(&'a self, subject: &'a str) -> StoreFuture<'a, Vec<ConsentEvent>> {
+        self.inner.history(subject)
+    }
+
+    fn erase<'a>(
+        &'a self,
+        subject: &'a str,
+        record: &'a ErasureRecord,
+    ) -> StoreFuture<'a, ErasureRecord> {
+        self.inner.erase(subject, record)
+    }
+
+    fn erasures<'a>(&'a self, subject_pseudonym: &'a str) -> StoreFuture<'a, Vec<ErasureRecord>> {
+        self.inner.erasures(subject_pseudonym)
+    }
+
+    fn export_page(&self, after: i64, limit: u32) -> StoreFuture<'_, Vec<ExportedEvent>> {
+        self.inner.export_page(after, limit)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// A quiet store with `granted` subjects granted `m`, behind a counting wrapper.
+async fn counting(dir: &tempfile::TempDir, granted: &[&str], delay: Duration) -> Arc<Counting> {
+    let s = quiet_store(&db(dir)).await;
+    let events: Vec<_> = granted
+        .iter()
+        .map(|id| ev(id, "m", EventKind::Granted, now_ms()))
+        .collect();
+    s.append(&events).await.unwrap();
+    Counting::new(s, delay)
+}
+
+/// Decides `m` for `subjects` in a task of its own.
+fn spawn_decide(
+    service: &Arc<ConsentService>,
+    subjects: &'static [&'static str],
+) -> tokio::task::JoinHandle<Vec<Consent>> {
+    let service = Arc::clone(service);
+    tokio::spawn(async move {
+        let m = purpose("m", LawfulBasis::Consent, false);
+        service.decide_batch(&m, subjects, false).await
+    })
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_subject_cause_one_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting(&dir, &["cold"], Duration::from_millis(300)).await;
+    let config = CacheConfig {
+        lookup_timeout: Duration::from_secs(5),
+        ..CacheConfig::default()
+    };
+    let service = ConsentService::new(store.clone(), config);
+    let mut tasks: Vec<_> = (0..20).map(|_| spawn_decide(&service, &["cold"])).collect();
+    // The same subject twice in one response waits for one answer too.
+    tasks.push(spawn_decide(&service, &["cold", "cold"]));
+    for task in tasks {
+        assert!(task.await.unwrap().iter().all(|c| *c == Consent::Granted));
+    }
+    assert_eq!(store.calls(), 1);
+    assert_eq!(service.flights_in_progress(), 0);
+}
+
+#[tokio::test]
+async fn store_lookups_in_flight_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    const SUBJECTS: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let store = counting(&dir, &SUBJECTS, Duration::from_millis(100)).await;
+    let config = CacheConfig {
+        lookup_timeout: Duration::from_secs(5),
+        max_concurrent_lookups: 2,
+        ..CacheConfig::default()
+    };
+    let service = ConsentService::new(store.clone(), config);
+    let tasks: Vec<_> = SUBJECTS
+        .iter()
+        .map(|s| spawn_decide(&service, std::slice::from_ref(s)))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), [Consent::Granted]);
+    }
+    assert_eq!(store.calls(), 8);
+    assert_eq!(store.max_running.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn waiting_for_a_lookup_slot_counts_against_the_time_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting(&dir, &["a", "b", "c"], Duration::from_millis(400)).await;
+    let config = CacheConfig {
+        lookup_timeout: Duration::from_millis(600),
+        max_concurrent_lookups: 1,
+        ..CacheConfig::default()
+    };
+    let service = ConsentService::new(store.clone(), config);
+    let started = std::time::Instant::now();
+    let tasks = [
+        spawn_decide(&service, &["a"]),
+        spawn_decide(&service, &["b"]),
+        spawn_decide(&service, &["c"]),
+    ];
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.extend(task.await.unwrap());
+    }
+    // One slot, 400 ms a lookup, 600 ms of budget: the first is answered; the second gets the
+    // slot too late and the third not at all. Neither waits past its budget.
+    outcomes.sort_by_key(|c| *c != Consent::Granted);
+    assert_eq!(
+        outcomes,
+        [Consent::Granted, Consent::Unknown, Consent::Unknown]
+    );
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+    assert_eq!(store.max_running.load(Ordering::SeqCst), 1);
+    // Nothing was stuck: the two left out are answered by the next (one) lookup.
+    let m = purpose("m", LawfulBasis::Consent, false);
+    assert_eq!(
+        service.decide_batch(&m, &["a", "b", "c"], false).await,
+        [Consent::Granted; 3]
+    );
+    assert_eq!(service.flights_in_progress(), 0);
+}
+
+#[tokio::test]
+async fn a_dropped_request_does_not_strand_those_waiting_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting(&dir, &["x"], Duration::from_millis(300)).await;
+    let service = ConsentService::new(
+        store.clone(),
+        CacheConfig {
+            lookup_timeout: Duration::from_secs(5),
+            ..CacheConfig::default()
+        },
+    );
+    let first = spawn_decide(&service, &["x"]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spawn_decide(&service, &["x"]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The request that started the lookup goes away (its client disconnected).
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let answer = tokio::time::timeout(Duration::from_secs(2), second)
+        .await
+        .expect("the waiting request is answered")
+        .unwrap();
+    assert_eq!(answer, [Consent::Granted]);
+    assert_eq!(store.calls(), 1);
+    assert_eq!(service.flights_in_progress(), 0);
+    // And the answer was cached for the next request.
+    assert_eq!(service.cached_subjects(), 1);
+}
+
+#[tokio::test]
+async fn a_request_after_a_write_does_not_take_an_answer_read_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = counting(&dir, &["x"], Duration::from_millis(300)).await;
+    let service = ConsentService::new(
+        store.clone(),
+        CacheConfig {
+            lookup_timeout: Duration::from_secs(5),
+            ..CacheConfig::default()
+        },
+    );
+    let m = purpose("m", LawfulBasis::Consent, false);
+    // This lookup reads the grant at once, then answers 300 ms later.
+    let before = spawn_decide(&service, &["x"]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    service
+        .record(&[ev("x", "m", EventKind::Withdrawn, now_ms())])
+        .await
+        .unwrap();
+    assert_eq!(
+        service.decide_batch(&m, &["x"], false).await,
+        [Consent::Denied]
+    );
+    // The request that was in flight before the withdrawal may still see the grant.
+    assert_eq!(before.await.unwrap(), [Consent::Granted]);
+    assert_eq!(store.calls(), 2);
+    // Its stale answer was not cached.
+    assert_eq!(
+        service.decide_batch(&m, &["x"], false).await,
+        [Consent::Denied]
+    );
 }

@@ -21,6 +21,7 @@ pub mod fail_closed;
 mod identity;
 mod lawful_bases;
 mod paths;
+mod platform;
 mod protocol;
 mod redaction;
 mod shapes;

@@ -1,14 +1,17 @@
-//! Builders for the end-to-end tests: a scripted upstream on loopback, the gateway in-process
-//! with a policy and a SQLite data dir in a temp dir, and HTTP/1.1, HTTP/2 and raw TCP clients.
+//! Builders for the end-to-end tests: a scripted upstream on loopback, a consent platform on
+//! loopback, the gateway in-process with a policy and a SQLite data dir in a temp dir, and
+//! HTTP/1.1, HTTP/2 and raw TCP clients.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use consentry::config::Config;
+use consentry::config::{Config, HttpStatusConfig, HttpStoreConfig, StoreKind};
 use consentry::consent::event::{ConsentEvent, EventKind, now_ms};
 use consentry::proxy::Gateway;
 use consentry::proxy::body::{BoxError, ChannelBody};
@@ -543,6 +546,134 @@ fn parse_head(head: &[u8]) -> Seen {
 }
 
 // ------------------------------------------------------------------------------------------
+// The consent platform.
+
+/// A consent-management platform on `127.0.0.1:0`, for gateways with `consent.store: http`.
+///
+/// `GET /consents/{subject}/{purpose}` answers `{"status": "opt_in"|"opt_out", "updated_at":
+/// ...}` for the pairs it was told about and 404 for the others. Taken down, it drops every
+/// connection without an answer, as a crashed platform would.
+pub struct ConsentPlatform {
+    pub addr: SocketAddr,
+    /// (subject, purpose) -> granted?
+    answers: Arc<Mutex<HashMap<(String, String), bool>>>,
+    down: Arc<AtomicBool>,
+    /// Requests received, answered or not, with their targets (path and query, as sent).
+    seen: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ConsentPlatform {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ConsentPlatform {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let answers: Arc<Mutex<HashMap<(String, String), bool>>> = Arc::default();
+        let down = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (table, is_down, log) = (answers.clone(), down.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if is_down.load(Ordering::SeqCst) {
+                    drop(stream);
+                    continue;
+                }
+                let (table, is_down, log) = (table.clone(), is_down.clone(), log.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let target = req.uri().to_string();
+                    log.lock().expect("not poisoned").push(target.clone());
+                    if is_down.load(Ordering::SeqCst) {
+                        // An error closes the connection without a response.
+                        return std::future::ready(Err("down"));
+                    }
+                    let path = req.uri().path();
+                    let mut parts = path.strip_prefix("/consents/").unwrap_or("").split('/');
+                    let key = (
+                        parts.next().unwrap_or_default().to_owned(),
+                        parts.next().unwrap_or_default().to_owned(),
+                    );
+                    let granted = table.lock().expect("not poisoned").get(&key).copied();
+                    let rsp = match granted {
+                        None => Reply::bytes("").status(404),
+                        Some(g) => Reply::json(&json!({
+                            "status": if g { "opt_in" } else { "opt_out" },
+                            "updated_at": "2025-01-01T00:00:00Z"
+                        })),
+                    };
+                    std::future::ready(Ok(rsp.into_response()))
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            answers,
+            down,
+            seen,
+            task,
+        }
+    }
+
+    /// From now on the platform says `subject` granted `purpose`.
+    pub fn grant(&self, subject: &str, purpose: &str) {
+        self.set(subject, purpose, true);
+    }
+
+    /// From now on the platform says `subject` withdrew `purpose`.
+    pub fn withdraw(&self, subject: &str, purpose: &str) {
+        self.set(subject, purpose, false);
+    }
+
+    fn set(&self, subject: &str, purpose: &str, granted: bool) {
+        self.answers
+            .lock()
+            .expect("not poisoned")
+            .insert((subject.to_owned(), purpose.to_owned()), granted);
+    }
+
+    /// Takes the platform down (`true`) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The targets of every request received so far.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+
+    /// The `consent.http` settings of a gateway that reads this platform.
+    pub fn settings(&self) -> HttpStoreConfig {
+        HttpStoreConfig {
+            url: format!("http://{}/consents/{{subject}}/{{purpose}}", self.addr),
+            header: None,
+            token_env: None,
+            timeout_ms: 500,
+            max_concurrent: 8,
+            status: HttpStatusConfig {
+                path: "$.status".to_owned(),
+                granted: vec![json!("opt_in")],
+                withdrawn: vec![json!("opt_out")],
+                objected: Vec::new(),
+                opted_out: Vec::new(),
+                none: Vec::new(),
+            },
+            at: Some("$.updated_at".to_owned()),
+            expires_at: None,
+            opt_out_all: None,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 // The gateway.
 
 /// Starts a gateway in front of `upstream` with the test policy.
@@ -580,6 +711,15 @@ impl GatewayBuilder {
     pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);
         self
+    }
+
+    /// Reads consent from `platform` (`consent.store: http`) instead of the embedded store.
+    pub fn consent_platform(self, platform: &ConsentPlatform) -> Self {
+        let settings = platform.settings();
+        self.config(|c| {
+            c.consent.store = StoreKind::Http;
+            c.consent.http = Some(settings);
+        })
     }
 
     pub async fn start(self) -> Gw {
