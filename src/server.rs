@@ -58,10 +58,7 @@ pub async fn serve_http<M, S, B>(
     shutdown: impl Future<Output = ()>,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + Sync
-        + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
     B: http_body::Body + Send + 'static,
     B::Data: Send,
