@@ -28,6 +28,8 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     /// The consent cache and store lookups.
     pub consent: ConsentConfig,
+    /// The admin API (off unless `admin.listen` is set).
+    pub admin: AdminConfig,
     /// Tokio worker threads (0: one per core).
     pub workers: usize,
 }
@@ -169,6 +171,60 @@ pub struct HttpStatusConfig {
     pub none: Vec<serde_json::Value>,
 }
 
+/// The admin API: its own listener, its own tokens, its own limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; `None` (the default): no admin API.
+    pub listen: Option<SocketAddr>,
+    /// The tokens that may call it, as SHA-256 digests of the token; the name becomes the
+    /// actor of what the token records (`admin:<name>`).
+    pub tokens: Vec<AdminToken>,
+    /// Largest request body (an import is one body).
+    pub max_body_bytes: u64,
+    /// Requests per second per token, refilled continuously (0: no limit).
+    pub rate_per_second: u32,
+    /// Requests a token may make at once before the rate applies.
+    pub burst: u32,
+}
+
+/// One admin token, as the configuration holds it: never in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it (`privacy-team`, `crm-sync`): recorded as the actor `admin:<name>`.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
+}
+
+/// Fewest characters of a token given in clear (`--admin-token`): tokens are random secrets,
+/// and a SHA-256 digest only protects one that cannot be guessed.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+impl AdminToken {
+    /// The configuration entry of a token given in clear; the clear text is not kept.
+    pub fn from_secret(name: &str, secret: &str) -> Self {
+        use sha2::Digest;
+        Self {
+            name: name.to_owned(),
+            sha256: hex::encode(sha2::Sha256::digest(secret.as_bytes())),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tokens: Vec::new(),
+            max_body_bytes: 16 * 1024 * 1024,
+            rate_per_second: 20,
+            burst: 40,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -179,6 +235,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             timeouts: TimeoutsConfig::default(),
             consent: ConsentConfig::default(),
+            admin: AdminConfig::default(),
             workers: 0,
         }
     }
@@ -303,6 +360,68 @@ impl Config {
                 "limits must be greater than zero".to_owned(),
             ));
         }
+        self.admin.validate()
+    }
+}
+
+impl AdminConfig {
+    /// Checks the admin settings: an enabled admin API needs a token, and every token entry
+    /// must be usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.is_some() && self.tokens.is_empty() {
+            return invalid(
+                "admin.listen is set but no admin token is configured: add admin.tokens \
+                 (name and sha256) or set CONSENTRY_ADMIN_TOKEN"
+                    .to_owned(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.tokens {
+            if t.name.is_empty() || t.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return invalid(format!(
+                    "admin token name `{}` must be non-empty, without spaces",
+                    t.name.escape_debug()
+                ));
+            }
+            if !names.insert(t.name.as_str()) {
+                return invalid(format!("admin token name `{}` appears twice", t.name));
+            }
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return invalid(format!(
+                    "admin token `{}`: sha256 must be 64 hex digits (printf %s \"$TOKEN\" | sha256sum)",
+                    t.name
+                ));
+            }
+        }
+        if self.max_body_bytes == 0 {
+            return invalid("admin.max_body_bytes must be greater than zero".to_owned());
+        }
+        if self.rate_per_second > 0 && self.burst == 0 {
+            return invalid("admin.burst must be at least 1 when a rate is set".to_owned());
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deploy_reference_parses_and_holds_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/consentry.yaml");
+        let c = Config::from_file(&path).unwrap();
+        c.validate().unwrap();
+        let d = AdminConfig::default();
+        assert_eq!(c.admin.listen, None);
+        assert!(c.admin.tokens.is_empty());
+        assert_eq!(c.admin.max_body_bytes, d.max_body_bytes);
+        assert_eq!(c.admin.rate_per_second, d.rate_per_second);
+        assert_eq!(c.admin.burst, d.burst);
+        assert_eq!(
+            c.limits.max_body_bytes,
+            LimitsConfig::default().max_body_bytes
+        );
     }
 }

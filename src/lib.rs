@@ -11,12 +11,15 @@
 //! - [`identity`]: who is calling ([`identity::identify`]) and for which purpose.
 //! - [`proxy`]: the request path ([`proxy::pipeline`]), the upstream client, refusals.
 //! - [`server`]: listening, serving HTTP/1.1 and h2c, draining on shutdown.
+//! - [`admin`]: the admin API on its own listener (record of consent, data subject requests,
+//!   OpenAPI).
 //! - [`ops`]: operations: the batched log writer.
 //! - [`config`]: operations settings (`consentry.yaml`, `CONSENTRY_*`, flags).
 //! - [`cli`]: subcommands of the `consentry` binary.
 //! - `fuzzing` (only under `cfg(fuzzing)` and `cfg(test)`): the strict DOM reference of the
 //!   engine, shared by the fuzz targets in `fuzz/` and the property tests beside it.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod consent;

@@ -1,11 +1,17 @@
 //! Accepting connections and serving them (HTTP/1.1 and h2c with prior knowledge on one
-//! port), until shutdown; then draining requests in flight.
+//! port), until shutdown; then draining requests in flight. The proxy listener ([`run`]) and
+//! the admin listener (`crate::admin::serve`) share the same loop ([`serve_http`]): the same
+//! header timeouts, connection cap and drain.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -24,6 +30,40 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) {
+    let service = move |peer: SocketAddr| {
+        let gw = gateway.clone();
+        service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(pipeline::handle(gw, req, peer).await) }
+        })
+    };
+    serve_http(
+        listener,
+        config,
+        config.limits.max_connections,
+        service,
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves `listener` with the service `service(peer)` makes for each connection, at most
+/// `max_connections` at once, until `shutdown` resolves; then waits up to the configured grace
+/// period for requests in flight.
+pub async fn serve_http<M, S, B>(
+    listener: TcpListener,
+    config: &Config,
+    max_connections: usize,
+    service: M,
+    shutdown: impl Future<Output = ()>,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -45,7 +85,7 @@ pub async fn run(
     let (closing_tx, closing) = watch::channel(false);
     let connections = TaskTracker::new();
     let epoch = tokio::time::Instant::now();
-    let slots = Arc::new(Semaphore::new(config.limits.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -68,13 +108,12 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
+        let inner = service(peer);
         let last_request = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = Arc::clone(&last_request);
         let service = service_fn(move |req| {
-            let gw = gw.clone();
             seen.store(millis_since(epoch), std::sync::atomic::Ordering::Relaxed);
-            async move { Ok::<_, std::convert::Infallible>(pipeline::handle(gw, req, peer).await) }
+            inner.call(req)
         });
         let builder = builder.clone();
         let mut closing = closing.clone();

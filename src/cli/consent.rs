@@ -1,6 +1,6 @@
-//! `consentry consent ...`: record consent events, read a subject's history, export or erase a
-//! subject from the command line, against the configured store (by default the embedded
-//! `DATA_DIR/consent.db`).
+//! `consentry consent ...`: record consent events, read a subject's state and history, export
+//! or erase a subject from the command line, against the configured store (by default the
+//! embedded `DATA_DIR/consent.db`).
 //!
 //! It owns argument shapes and output only. It must never write to the store other than by
 //! appending events (a running gateway notices within a fraction of a second through the
@@ -88,6 +88,11 @@ pub enum ConsentCommand {
         /// The source recorded for lines that name none.
         #[arg(long, default_value = "import")]
         source: String,
+    },
+    /// Print SUBJECT's current state: per purpose, the latest event and what it means now.
+    State {
+        /// The data subject's id.
+        subject: String,
     },
     /// Print every event of SUBJECT, oldest first.
     History {
@@ -190,6 +195,7 @@ async fn execute(records: &ConsentRecords, cmd: ConsentCommand) -> anyhow::Resul
             format,
             source,
         } => return import(records, &file, format, &source, &actor).await,
+        ConsentCommand::State { subject } => return state(records, &subject).await,
         ConsentCommand::History { subject } => return history(records, &subject).await,
         ConsentCommand::Export { subject } => return export_subject(records, &subject).await,
         ConsentCommand::Erase {
@@ -244,17 +250,33 @@ async fn import(
 
 async fn export_subject(records: &ConsentRecords, subject: &str) -> anyhow::Result<()> {
     let export = records.export_subject(subject).await?;
-    let json = serde_json::json!({
-        "subject": export.subject,
-        "consent_events": export.events.iter().map(ConsentEvent::record).collect::<Vec<_>>(),
-        "erasures": export.erasures.iter().map(|e| serde_json::json!({
-            "at": format_rfc3339_ms(e.at_ms),
-            "actor": e.actor,
-            "request_ref": e.request_ref,
-            "events_removed": e.events_removed,
-        })).collect::<Vec<_>>(),
-    });
+    // The same document as the admin API's `GET /v1/subjects/{id}/export`.
+    let json = crate::admin::model::SubjectExportView::from(&export);
     println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+async fn state(records: &ConsentRecords, subject: &str) -> anyhow::Result<()> {
+    let purposes = records.state(subject, now_ms()).await?;
+    if purposes.is_empty() {
+        println!("no events");
+    }
+    for p in purposes {
+        let e = &p.latest;
+        let mut line = format!(
+            "{:<20}  {:<9}  since {}",
+            e.purpose,
+            p.status.as_str(),
+            format_rfc3339_ms(e.at_ms)
+        );
+        if let Some(x) = e.expires_at_ms {
+            line.push_str(&format!("  expires={}", format_rfc3339_ms(x)));
+        }
+        if let Some(s) = &e.source {
+            line.push_str(&format!("  source={s}"));
+        }
+        println!("{line}");
+    }
     Ok(())
 }
 

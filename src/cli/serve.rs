@@ -5,7 +5,32 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{Config, StoreKind};
+use crate::config::StoreKind;
+use crate::config::{AdminToken, Config, MIN_ADMIN_TOKEN_CHARS};
+
+/// An admin token given in clear (flag or environment). Hashed into the configuration at
+/// start-up; its `Debug` form never shows it.
+#[derive(Clone)]
+pub struct AdminSecret(String);
+
+impl std::fmt::Debug for AdminSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminSecret(..)")
+    }
+}
+
+impl std::str::FromStr for AdminSecret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(format!(
+                "an admin token needs at least {MIN_ADMIN_TOKEN_CHARS} characters of a random secret (openssl rand -hex 32)"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
 
 /// Flags of `serve`; each overrides the configuration file and has a `CONSENTRY_*` variable.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -73,7 +98,26 @@ pub struct ServeArgs {
     /// Worker threads (0: one per core).
     #[arg(long, env = "CONSENTRY_WORKERS")]
     pub workers: Option<usize>,
+    /// Address of the admin API listener (off unless set).
+    #[arg(long, env = "CONSENTRY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// An admin token in clear, added as the token named `env` (hashed at start-up; prefer
+    /// the environment variable to the flag, which other users can see in `ps`).
+    #[arg(long, env = "CONSENTRY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<AdminSecret>,
+    /// Largest admin request body, in bytes.
+    #[arg(long, env = "CONSENTRY_ADMIN_MAX_BODY_BYTES")]
+    pub admin_max_body_bytes: Option<u64>,
+    /// Admin requests per second per token (0: no limit).
+    #[arg(long, env = "CONSENTRY_ADMIN_RATE_PER_SECOND")]
+    pub admin_rate_per_second: Option<u32>,
+    /// Admin requests a token may make at once before the rate applies.
+    #[arg(long, env = "CONSENTRY_ADMIN_BURST")]
+    pub admin_burst: Option<u32>,
 }
+
+/// The name of the admin token given by `CONSENTRY_ADMIN_TOKEN` or `--admin-token`.
+pub const ENV_TOKEN_NAME: &str = "env";
 
 /// Flags shared by every command that opens the consent store (`serve`, `consent ...`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
@@ -147,6 +191,20 @@ impl ServeArgs {
             consent_cache_entries => consent.cache_entries;
             consent_max_concurrent_lookups => consent.max_concurrent_lookups;
             workers => workers;
+            admin_max_body_bytes => admin.max_body_bytes;
+            admin_rate_per_second => admin.rate_per_second;
+            admin_burst => admin.burst;
+        }
+        if let Some(v) = self.admin_listen {
+            c.admin.listen = Some(v);
+        }
+        if let Some(AdminSecret(secret)) = &self.admin_token {
+            // The clear text stays in these arguments, which `run` drops once the
+            // configuration is built; only the digest goes on.
+            c.admin.tokens.retain(|t| t.name != ENV_TOKEN_NAME);
+            c.admin
+                .tokens
+                .push(AdminToken::from_secret(ENV_TOKEN_NAME, secret));
         }
         c.validate()?;
         Ok(c)
@@ -156,7 +214,10 @@ impl ServeArgs {
 /// Runs `serve`.
 pub fn run(args: ServeArgs) -> ExitCode {
     let _log = super::init_tracing();
-    let config = match args.config() {
+    let config = args.config();
+    // The only copy of a clear admin token: gone before anything is served.
+    drop(args);
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -184,14 +245,51 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
     let gateway = crate::server::build(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let admin = crate::admin::Admin::new(gateway.clone(), &config.admin)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("admin listener {addr}"))?;
+            Some((listener, admin))
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listener {}", config.listen))?;
     tracing::info!(listen = %config.listen, upstream = %config.upstream, "consentry listening");
+    if let Some(addr) = config.admin.listen {
+        let names: Vec<&str> = config
+            .admin
+            .tokens
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        tracing::info!(listen = %addr, tokens = ?names, "admin API listening");
+    }
     tokio::spawn(crate::server::reload_on_hangup(
         gateway.clone(),
         config.policies.clone(),
     ));
-    crate::server::run(listener, gateway, &config, crate::server::signal()).await;
+    // One signal stops both listeners; each drains its own requests.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::server::signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    let proxy = crate::server::run(listener, gateway, &config, until_stopped(stopped.clone()));
+    let admin = async {
+        if let Some((listener, admin)) = admin {
+            crate::admin::serve(listener, admin, &config, until_stopped(stopped)).await;
+        }
+    };
+    tokio::join!(proxy, admin);
     Ok(())
 }
 
@@ -233,6 +331,75 @@ mod tests {
             c.limits.max_body_bytes,
             crate::config::LimitsConfig::default().max_body_bytes
         );
+    }
+
+    #[test]
+    fn admin_settings_from_the_file_and_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("consentry.yaml");
+        let digest = AdminToken::from_secret("x", "0123456789abcdef-file").sha256;
+        std::fs::write(
+            &file,
+            format!(
+                "admin:\n  listen: 127.0.0.1:8081\n  tokens:\n    - {{ name: privacy-team, sha256: {digest} }}\n  rate_per_second: 5\n"
+            ),
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = Wrapper::parse_from(["x", "--config", path])
+            .args
+            .config()
+            .unwrap();
+        assert_eq!(c.admin.listen.map(|a| a.port()), Some(8081));
+        assert_eq!(c.admin.tokens.len(), 1);
+        assert_eq!(c.admin.rate_per_second, 5);
+        let w = Wrapper::parse_from([
+            "x",
+            "--config",
+            path,
+            "--admin-token",
+            "0123456789abcdef-flag",
+            "--admin-burst",
+            "3",
+            "--admin-listen",
+            "127.0.0.1:9999",
+        ]);
+        assert!(!format!("{w:?}").contains("0123456789abcdef-flag"));
+        let c = w.args.config().unwrap();
+        assert_eq!(c.admin.burst, 3);
+        assert_eq!(c.admin.listen.map(|a| a.port()), Some(9999));
+        assert_eq!(
+            c.admin.tokens.last(),
+            Some(&AdminToken::from_secret("env", "0123456789abcdef-flag"))
+        );
+        assert!(!format!("{c:?}").contains("0123456789abcdef-flag"));
+        // A short token is refused before it is used.
+        assert!(Wrapper::try_parse_from(["x", "--admin-token", "short"]).is_err());
+        // An admin listener without a token does not start.
+        let err = Wrapper::parse_from(["x", "--admin-listen", "127.0.0.1:8081"])
+            .args
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no admin token"), "{err}");
+        std::fs::write(
+            &file,
+            "admin:\n  tokens:\n    - { name: a, sha256: nothex }\n",
+        )
+        .unwrap();
+        let err = Wrapper::parse_from(["x", "--config", path])
+            .args
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("64 hex digits"), "{err}");
+        std::fs::write(&file, "admin:\n  listen: 127.0.0.1:1\n  token: x\n").unwrap();
+        let err = Wrapper::parse_from(["x", "--config", path])
+            .args
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("token"), "{err}");
     }
 
     #[test]

@@ -108,6 +108,17 @@ pub enum InvalidEventError {
     ExpiryNotOnGrant(EventKind),
 }
 
+impl InvalidEventError {
+    /// The field at fault, by its name in the import formats and the admin API.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::EmptySubject => "subject",
+            Self::EmptyPurpose | Self::AllPurposesNotOptOut(_) => "purpose",
+            Self::ExpiryNotOnGrant(_) => "expires_at",
+        }
+    }
+}
+
 impl ConsentEvent {
     /// Checks what the store relies on: non-empty ids, `*` only on opt-outs, expiry only on
     /// grants.
@@ -160,6 +171,9 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
 pub struct ParseError {
     /// 1-based line number in the file.
     pub line: usize,
+    /// The field at fault (a column name), when one is; `None` for the shape of the line
+    /// (a JSON syntax error, a CSV record with too few fields, ...).
+    pub field: Option<String>,
     /// What is wrong, for a person to read.
     pub reason: String,
 }
@@ -168,8 +182,43 @@ impl ParseError {
     fn new(line: usize, reason: impl Into<String>) -> Self {
         Self {
             line,
+            field: None,
             reason: reason.into(),
         }
+    }
+
+    fn in_field(line: usize, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            line,
+            field: Some(field.into()),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The field a JSON deserialisation error is about: the path to where it happened, completed
+/// by the name serde's message gives for an unknown, missing or duplicate field (`events[2]`
+/// and "unknown field `colour`" make `events[2].colour`). `None`: the error is about the
+/// document as a whole (a syntax error at the top, say).
+pub fn json_error_field(path: &serde_path_to_error::Path, message: &str) -> Option<String> {
+    json_field_at(&path.to_string(), message)
+}
+
+fn json_field_at(path: &str, message: &str) -> Option<String> {
+    let named = ["unknown field `", "missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| {
+            let rest = message.strip_prefix(prefix)?;
+            rest.split_once('`').map(|(name, _)| name)
+        });
+    let path = if path == "." { "" } else { path };
+    // An unknown key is already the last segment of the path; a missing one is not.
+    let named = named.filter(|name| path != *name && !path.ends_with(&format!(".{name}")));
+    match (path.is_empty(), named) {
+        (true, None) => None,
+        (true, Some(name)) => Some(name.to_owned()),
+        (false, None) => Some(path.to_owned()),
+        (false, Some(name)) => Some(format!("{path}.{name}")),
     }
 }
 
@@ -314,28 +363,23 @@ impl Fields<'_> {
         now_ms: i64,
         defaults: &ImportDefaults<'_>,
     ) -> Result<ConsentEvent, ParseError> {
-        let subject =
-            present(self.subject).ok_or_else(|| ParseError::new(line, "`subject` is missing"))?;
-        let purpose =
-            present(self.purpose).ok_or_else(|| ParseError::new(line, "`purpose` is missing"))?;
+        let missing =
+            |field: &str| ParseError::in_field(line, field, format!("`{field}` is missing"));
+        let subject = present(self.subject).ok_or_else(|| missing("subject"))?;
+        let purpose = present(self.purpose).ok_or_else(|| missing("purpose"))?;
         let kind = present(self.kind)
-            .ok_or_else(|| ParseError::new(line, "`kind` is missing"))?
+            .ok_or_else(|| missing("kind"))?
             .parse::<EventKind>()
-            .map_err(|e| ParseError::new(line, e.to_string()))?;
-        let at_ms = match present(self.at) {
-            Some(t) => {
-                parse_rfc3339_ms(t).map_err(|e| ParseError::new(line, format!("at: {e}")))?
-            }
-            None => now_ms,
+            .map_err(|e| ParseError::in_field(line, "kind", e.to_string()))?;
+        let time = |field: &'static str, text: Option<&str>| {
+            present(text)
+                .map(parse_rfc3339_ms)
+                .transpose()
+                .map_err(|e| ParseError::in_field(line, field, format!("{field}: {e}")))
         };
-        let expires_at_ms = present(self.expires_at)
-            .map(parse_rfc3339_ms)
-            .transpose()
-            .map_err(|e| ParseError::new(line, format!("expires_at: {e}")))?;
-        let recorded_at_ms = present(self.recorded_at)
-            .map(parse_rfc3339_ms)
-            .transpose()
-            .map_err(|e| ParseError::new(line, format!("recorded_at: {e}")))?;
+        let at_ms = time("at", self.at)?.unwrap_or(now_ms);
+        let expires_at_ms = time("expires_at", self.expires_at)?;
+        let recorded_at_ms = time("recorded_at", self.recorded_at)?;
         let event = ConsentEvent {
             subject: subject.to_owned(),
             purpose: purpose.to_owned(),
@@ -349,7 +393,7 @@ impl Fields<'_> {
         };
         event
             .validate()
-            .map_err(|e| ParseError::new(line, e.to_string()))?;
+            .map_err(|e| ParseError::in_field(line, e.field(), e.to_string()))?;
         Ok(event)
     }
 }
@@ -377,8 +421,9 @@ pub fn parse_csv(
     for (i, name) in header.iter().enumerate() {
         let name = name.trim();
         let Some(k) = CSV_HEADER.iter().position(|h| *h == name) else {
-            return Err(ParseError::new(
+            return Err(ParseError::in_field(
                 header_line,
+                name,
                 format!(
                     "unknown column `{name}` in the header (expected {})",
                     CSV_HEADER.join(",")
@@ -389,8 +434,9 @@ pub fn parse_csv(
             .get_mut(k)
             .ok_or_else(|| ParseError::new(header_line, "bad header"))?;
         if slot.is_some() {
-            return Err(ParseError::new(
+            return Err(ParseError::in_field(
                 header_line,
+                name,
                 format!("column `{name}` appears twice in the header"),
             ));
         }
@@ -399,8 +445,9 @@ pub fn parse_csv(
     for required in ["subject", "purpose", "kind"] {
         let k = CSV_HEADER.iter().position(|h| *h == required);
         if k.and_then(|k| columns.get(k).copied().flatten()).is_none() {
-            return Err(ParseError::new(
+            return Err(ParseError::in_field(
                 header_line,
+                required,
                 format!("the header has no `{required}` column"),
             ));
         }
@@ -569,8 +616,17 @@ pub fn parse_json_lines(
         if raw.trim().is_empty() {
             continue;
         }
-        let j: JsonLine =
-            serde_json::from_str(raw).map_err(|e| ParseError::new(line, e.to_string()))?;
+        let mut de = serde_json::Deserializer::from_str(raw);
+        let j: JsonLine = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let reason = e.inner().to_string();
+            // A syntax error is about the line, not about the field it happened in.
+            let data = e.inner().classify() == serde_json::error::Category::Data;
+            match json_error_field(e.path(), &reason).filter(|_| data) {
+                Some(field) => ParseError::in_field(line, field, reason),
+                None => ParseError::new(line, reason),
+            }
+        })?;
+        de.end().map_err(|e| ParseError::new(line, e.to_string()))?;
         let f = Fields {
             subject: Some(&j.subject),
             purpose: Some(&j.purpose),
@@ -728,6 +784,64 @@ mod tests {
         let err = parse_json_lines(text, NOW, &ImportDefaults::default()).unwrap_err();
         assert_eq!(err.line, 3);
         assert!(err.reason.contains("expires_at"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |text: &str| {
+            let e = parse_json_lines(text, NOW, &ImportDefaults::default()).unwrap_err();
+            (e.line, e.field)
+        };
+        let f = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            field("{\"subject\":\"1\",\"purpose\":\"a\",\"kind\":\"granted\",\"colour\":1}"),
+            (1, f("colour"))
+        );
+        assert_eq!(
+            field("\n{\"subject\":\"1\",\"kind\":\"granted\"}"),
+            (2, f("purpose"))
+        );
+        assert_eq!(
+            field("{\"subject\":\"1\",\"purpose\":\"a\",\"kind\":\"granted\",\"at\":5}"),
+            (1, f("at"))
+        );
+        assert_eq!(
+            field(
+                "{\"subject\":\"1\",\"purpose\":\"a\",\"kind\":\"granted\",\"kind\":\"granted\"}"
+            ),
+            (1, f("kind"))
+        );
+        assert_eq!(
+            field("{\"subject\":\"1\",\"purpose\":\"a\",\"kind\":\"maybe\"}"),
+            (1, f("kind"))
+        );
+        assert_eq!(
+            field("{\"subject\":\"1\",\"purpose\":\"*\",\"kind\":\"granted\"}"),
+            (1, f("purpose"))
+        );
+        assert_eq!(
+            field("{\"subject\":\"1\",\"purpose\":\"a\",\"kind\":\"granted\",\"at\":\"noon\"}"),
+            (1, f("at"))
+        );
+        assert_eq!(field("{\"subject\":"), (1, None));
+        assert_eq!(
+            field("{\"subject\":\"1\",\"purpose\":\"a\",\"kind\":\"granted\"} x"),
+            (1, None)
+        );
+        let csv = parse_csv(
+            "subject,purpose,kind,expires_at\n1,a,withdrawn,2030-01-01T00:00:00Z\n",
+            NOW,
+            &ImportDefaults::default(),
+        )
+        .unwrap_err();
+        assert_eq!((csv.line, csv.field), (2, f("expires_at")));
+        let csv = parse_csv(
+            "subject,purpose,kind\n1,a\n",
+            NOW,
+            &ImportDefaults::default(),
+        )
+        .unwrap_err();
+        assert_eq!((csv.line, csv.field), (2, None));
     }
 
     #[test]

@@ -9,9 +9,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::policy::compiled::Purpose;
+
 use super::cache::ConsentService;
+use super::decide::Consent;
 use super::erasure::ErasureKey;
-use super::event::{ConsentEvent, ImportDefaults, ParseError, now_ms, parse_csv, parse_json_lines};
+use super::event::{
+    ConsentEvent, EventKind, ImportDefaults, ParseError, now_ms, parse_csv, parse_json_lines,
+};
 use super::store::{ErasureRecord, ExportedEvent, StoreError};
 
 /// The two text formats of imports and exports.
@@ -43,6 +48,57 @@ pub enum ImportError {
     /// The store refused or failed; nothing was written (one transaction).
     #[error("{0}; nothing was imported")]
     Store(#[from] StoreError),
+}
+
+/// What the latest event for a purpose means at a given time: the derived state that people
+/// read (the gateway's decision also weighs the lawful basis, see `decide.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// A grant in force.
+    Granted,
+    /// A grant whose expiry has passed (an expiry equal to now has passed, as in `decide`).
+    Expired,
+    /// Consent taken back.
+    Withdrawn,
+    /// An objection (to a legitimate interest).
+    Objected,
+    /// An opt-out of sale or sharing.
+    OptedOut,
+}
+
+impl Status {
+    /// The status that `latest`, the latest event for its purpose, gives at `now_ms`.
+    pub fn of(latest: &ConsentEvent, now_ms: i64) -> Self {
+        match latest.kind {
+            EventKind::Granted if latest.expires_at_ms.is_some_and(|x| x <= now_ms) => {
+                Self::Expired
+            }
+            EventKind::Granted => Self::Granted,
+            EventKind::Withdrawn => Self::Withdrawn,
+            EventKind::Objected => Self::Objected,
+            EventKind::OptedOut => Self::OptedOut,
+        }
+    }
+
+    /// The name used by the admin API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Granted => "granted",
+            Self::Expired => "expired",
+            Self::Withdrawn => "withdrawn",
+            Self::Objected => "objected",
+            Self::OptedOut => "opted_out",
+        }
+    }
+}
+
+/// One purpose of a subject's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurposeState {
+    /// What the latest event means now.
+    pub status: Status,
+    /// The latest event for the purpose (`*` for an opt-out of every sale or sharing purpose).
+    pub latest: ConsentEvent,
 }
 
 /// Everything the gateway holds about one subject (a data subject access request).
@@ -85,21 +141,23 @@ impl ConsentRecords {
     }
 
     /// Validates and appends events in one transaction; events that name no actor get
-    /// `actor`. Returns how many were written.
+    /// `actor`, and events without a recording time get now. Returns the events as recorded.
     pub async fn record(
         &self,
         mut events: Vec<ConsentEvent>,
         actor: &str,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<ConsentEvent>, StoreError> {
+        let now = now_ms();
         for (index, e) in events.iter_mut().enumerate() {
             e.validate()
                 .map_err(|error| StoreError::InvalidEvent { index, error })?;
             if e.actor.is_none() {
                 e.actor = Some(actor.to_owned());
             }
+            e.recorded_at_ms.get_or_insert(now);
         }
         self.service.record(&events).await?;
-        Ok(events.len())
+        Ok(events)
     }
 
     /// Parses a whole import and appends it in one transaction: a bad line or a store error
@@ -128,6 +186,42 @@ impl ConsentRecords {
     /// the decisions derive from.
     pub async fn current(&self, subject: &str) -> Result<Vec<ConsentEvent>, StoreError> {
         Ok(latest_per_purpose(self.history(subject).await?))
+    }
+
+    /// The current state of `subject` at `now_ms`: per purpose (`*` included), the latest
+    /// event and what it means, sorted by purpose.
+    pub async fn state(&self, subject: &str, now_ms: i64) -> Result<Vec<PurposeState>, StoreError> {
+        Ok(self
+            .current(subject)
+            .await?
+            .into_iter()
+            .map(|latest| PurposeState {
+                status: Status::of(&latest, now_ms),
+                latest,
+            })
+            .collect())
+    }
+
+    /// The decision the request path would take now for `subject` and each of `purposes`
+    /// (without a Global Privacy Control signal), in their order: the same cached lookup and
+    /// the same rules, so a store that fails answers `Unknown`.
+    pub async fn decisions(&self, subject: &str, purposes: &[Purpose]) -> Vec<Consent> {
+        let mut out = Vec::with_capacity(purposes.len());
+        for purpose in purposes {
+            let decided = self.service.decide_batch(purpose, &[subject], false).await;
+            // FAIL-CLOSED: an answer missing for the subject is no grant.
+            out.push(decided.first().copied().unwrap_or(Consent::Unknown));
+        }
+        out
+    }
+
+    /// Whether the store answers a query (the smallest one there is: an empty export page).
+    pub async fn check_store(&self) -> Result<(), StoreError> {
+        self.service
+            .store()
+            .export_page(i64::MAX, 1)
+            .await
+            .map(drop)
     }
 
     /// Everything held about `subject`.

@@ -15,6 +15,7 @@
 
 mod support;
 
+mod admin;
 mod adversarial;
 mod consent;
 pub mod fail_closed;

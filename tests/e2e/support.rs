@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use consentry::config::AdminToken;
 use consentry::config::{Config, HttpStatusConfig, HttpStoreConfig, StoreKind};
 use consentry::consent::event::{ConsentEvent, EventKind, now_ms};
 use consentry::proxy::Gateway;
@@ -35,6 +36,9 @@ pub const APP_KEY: &str = "e2e-app-key";
 pub const NEWSLETTER_KEY: &str = "e2e-newsletter-key";
 /// The key of the `hash` action in the test policy.
 pub const PSEUDONYM_KEY: &[u8] = b"e2e-pseudonym-key";
+
+/// The admin token the test gateways accept (configured by its digest, as `ops`).
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 
 /// How long any single network wait may take before the test fails instead of hanging.
 const WAIT: Duration = Duration::from_secs(10);
@@ -701,13 +705,13 @@ impl GatewayBuilder {
         self
     }
 
-    /// Adjusts the operations settings.
     /// Replaces the whole policy file.
     pub fn with_policy(mut self, policy: String) -> Self {
         self.policy = policy;
         self
     }
 
+    /// Adjusts the operations settings.
     pub fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
         f(&mut self.config);
         self
@@ -719,6 +723,17 @@ impl GatewayBuilder {
         self.config(|c| {
             c.consent.store = StoreKind::Http;
             c.consent.http = Some(settings);
+        })
+    }
+
+    /// Also starts the admin listener (on a free port), accepting [`ADMIN_TOKEN`] as the token
+    /// named `ops`, with a rate limit no ordinary test reaches.
+    pub fn admin(self) -> Self {
+        self.config(|c| {
+            c.admin.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            c.admin.tokens = vec![AdminToken::from_secret("ops", ADMIN_TOKEN)];
+            c.admin.rate_per_second = 1000;
+            c.admin.burst = 1000;
         })
     }
 
@@ -736,6 +751,25 @@ impl GatewayBuilder {
             Ok(g) => g,
             Err(e) => panic!("the gateway does not start: {e}"),
         };
+        let mut admin_addr = None;
+        let mut admin_shutdown = None;
+        if config.admin.listen.is_some() {
+            let admin = match consentry::admin::Admin::new(gateway.clone(), &config.admin) {
+                Ok(a) => a,
+                Err(e) => panic!("the admin API does not start: {e}"),
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            admin_addr = Some(listener.local_addr().expect("local addr"));
+            let (tx, rx) = oneshot::channel::<()>();
+            admin_shutdown = Some(tx);
+            let config = config.clone();
+            tokio::spawn(async move {
+                consentry::admin::serve(listener, admin, &config, async {
+                    let _ = rx.await;
+                })
+                .await;
+            });
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -748,6 +782,8 @@ impl GatewayBuilder {
         });
         Gw {
             addr,
+            admin_addr,
+            admin_shutdown,
             gateway,
             data_dir: dir.path().join("data"),
             shutdown: Some(tx),
@@ -760,6 +796,9 @@ impl GatewayBuilder {
 /// A running gateway; shut down when dropped.
 pub struct Gw {
     pub addr: SocketAddr,
+    /// The admin listener, when started with [`GatewayBuilder::admin`].
+    pub admin_addr: Option<SocketAddr>,
+    admin_shutdown: Option<oneshot::Sender<()>>,
     pub gateway: Arc<Gateway>,
     pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
@@ -770,6 +809,9 @@ pub struct Gw {
 impl Drop for Gw {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.admin_shutdown.take() {
             let _ = tx.send(());
         }
     }
@@ -839,6 +881,26 @@ impl Gw {
     pub fn get(&self, path: &str) -> Call {
         self.call(Method::GET, path)
     }
+
+    /// A request to the admin listener, without a token.
+    pub fn admin_call(&self, method: Method, path: &str) -> Call {
+        let addr = self
+            .admin_addr
+            .expect("the gateway was started with .admin()");
+        Call {
+            base: format!("http://{addr}"),
+            proto: Proto::H1,
+            method,
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// A request to the admin listener with [`ADMIN_TOKEN`].
+    pub fn admin(&self, method: Method, path: &str) -> Call {
+        self.admin_call(method, path).bearer(ADMIN_TOKEN)
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -877,6 +939,17 @@ impl Call {
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// Presents `token` as `Authorization: Bearer`.
+    pub fn bearer(self, token: &str) -> Self {
+        self.header("authorization", &format!("Bearer {token}"))
+    }
+
+    /// Sends `value` as an `application/json` body.
+    pub fn json(self, value: &Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(value.to_string())
     }
 
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
