@@ -163,7 +163,9 @@ impl SqliteStore {
             .busy_timeout(tuning.busy_timeout)
             // The consent table is small and read through a cache: 256 KiB of pages per
             // connection is plenty, and bounds the store's share of the gateway's memory.
-            .pragma("cache_size", "-256");
+            .pragma("cache_size", "-256")
+            // Erased events are overwritten with zeros, not left in free pages.
+            .pragma("secure_delete", "on");
         let pool = SqlitePoolOptions::new()
             .max_connections(tuning.max_connections.max(1))
             .acquire_timeout(tuning.busy_timeout)
@@ -302,6 +304,21 @@ impl SqliteStore {
         let mut own = self.own_rows.lock().await;
         tx.commit().await?;
         *own += 1;
+        drop(own);
+        // The write-ahead log still holds the pages as they were before the erasure: move
+        // everything into the database file and empty the log. Best effort: a reader holding
+        // an old snapshot makes it partial, and the next checkpoint finishes the job.
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok((0, _, _)) => {}
+            Ok(_) => tracing::warn!(
+                "erasure committed, but readers kept the write-ahead log from being emptied; \
+                 the next checkpoint removes the erased pages from it"
+            ),
+            Err(e) => tracing::warn!(error = %e, "erasure committed, checkpoint failed"),
+        }
         Ok(stored)
     }
 

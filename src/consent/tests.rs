@@ -910,3 +910,58 @@ async fn a_request_after_a_write_does_not_take_an_answer_read_before_it() {
         [Consent::Denied]
     );
 }
+
+/// After an erasure no byte of the subject's events is left in the database file or its
+/// write-ahead log (secure_delete and a checkpoint), while other subjects' events stay.
+#[tokio::test]
+async fn an_erased_subject_leaves_no_bytes_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let s = quiet_store(&path).await;
+    let mut events = Vec::new();
+    for i in 0..50 {
+        let mut e = ev(
+            "subject-zq81-erased",
+            &format!("purpose{i}"),
+            EventKind::Granted,
+            10,
+        );
+        e.proof = Some(format!("proof-zq81-{i}"));
+        events.push(e);
+        events.push(ev(
+            "subject-kept-77",
+            &format!("purpose{i}"),
+            EventKind::Granted,
+            10,
+        ));
+    }
+    s.append(&events).await.unwrap();
+    let on_disk = |needle: &str| {
+        let mut found = false;
+        for suffix in ["", "-wal"] {
+            let file = format!("{}{suffix}", path.display());
+            if let Ok(bytes) = std::fs::read(&file) {
+                found |= bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            }
+        }
+        found
+    };
+    assert!(on_disk("zq81"));
+    let record = super::store::ErasureRecord {
+        subject_pseudonym: "p".repeat(64),
+        at_ms: 20,
+        actor: None,
+        request_ref: None,
+        events_removed: 0,
+    };
+    assert_eq!(
+        s.erase("subject-zq81-erased", &record)
+            .await
+            .unwrap()
+            .events_removed,
+        50
+    );
+    assert!(!on_disk("zq81"), "erased bytes are still on disk");
+    assert!(on_disk("subject-kept-77"));
+    assert_eq!(s.history("subject-kept-77").await.unwrap().len(), 50);
+}
