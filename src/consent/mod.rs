@@ -4,6 +4,7 @@
 //! - [`event`]: the event model and its import formats (CSV, JSON lines).
 //! - [`store`]: the [`store::ConsentStore`] trait and the state it returns.
 //! - [`sqlite`]: the embedded store (one SQLite file in the data directory).
+//! - [`postgres`]: the store shared by replicas (PostgreSQL, with a LISTEN/NOTIFY change feed).
 //! - [`erasure`]: the key and pseudonym behind erasure records.
 //! - [`decide`]: the pure decision from a state (`Granted`, `Denied`, `Unknown`).
 //! - [`open`]: the store the configuration names, opened for the gateway or the CLI.
@@ -18,9 +19,12 @@ pub mod decide;
 pub mod erasure;
 pub mod event;
 pub mod open;
+pub mod postgres;
 pub mod requests;
 pub mod sqlite;
 pub mod store;
 
+#[cfg(test)]
+mod conformance;
 #[cfg(test)]
 mod tests;
