@@ -80,6 +80,77 @@ pub struct ConsentConfig {
     pub lookup_timeout_ms: u64,
     /// Most cached entries.
     pub cache_entries: usize,
+    /// Which store keeps the record of consent.
+    pub store: StoreKind,
+    /// The PostgreSQL store (used when `store` is `postgres`).
+    pub postgres: PostgresConfig,
+}
+
+/// Which store keeps the record of consent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// One SQLite file in the data directory: a single gateway (and the CLI beside it).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by several replicas.
+    Postgres,
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`; `?options=-csearch_path%3Dname` picks a
+    /// schema other than `public`.
+    pub url: Option<DatabaseUrl>,
+    /// Connections in the pool of each gateway (plus one for the change listener).
+    pub max_connections: u32,
+    /// How long a query waits for a connection (opening one included) before failing; keep
+    /// it well under `lookup_timeout_ms`, so that an unreachable database refuses fast.
+    pub connect_timeout_ms: u64,
+}
+
+/// A database URL. It may hold a password, so it never prints: `Debug` shows a placeholder.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, to connect with (never to log).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+            connect_timeout_ms: 500,
+        }
+    }
 }
 
 impl Default for Config {
@@ -129,6 +200,8 @@ impl Default for ConsentConfig {
             cache_ttl_ms: 60_000,
             lookup_timeout_ms: 1_000,
             cache_entries: 100_000,
+            store: StoreKind::Sqlite,
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -201,6 +274,40 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "limits must be greater than zero".to_owned(),
             ));
+        }
+        self.consent.validate()
+    }
+}
+
+impl ConsentConfig {
+    /// Checks the store settings: the selected store must have what it needs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.store == StoreKind::Postgres {
+            match self.postgres.url.as_ref().map(|u| u.expose().trim()) {
+                None | Some("") => {
+                    return Err(ConfigError::Invalid(
+                        "consent.store is `postgres` but no database URL is set \
+                         (consent.postgres.url, CONSENTRY_POSTGRES_URL or --postgres-url)"
+                            .to_owned(),
+                    ));
+                }
+                Some(url)
+                    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+                {
+                    return Err(ConfigError::Invalid(
+                        "consent.postgres.url must start with postgres:// or postgresql://"
+                            .to_owned(),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if self.postgres.max_connections == 0 || self.postgres.connect_timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "consent.postgres.max_connections and connect_timeout_ms must be greater \
+                     than zero"
+                        .to_owned(),
+                ));
+            }
         }
         Ok(())
     }

@@ -1,15 +1,17 @@
 //! Opening the consent store that the configuration names, for the gateway and the CLI alike.
 //!
 //! It owns the choice of store and its start-up (directories, migrations). It must never hand
-//! back a store that did not open: start-up fails instead.
+//! back a store that did not open (start-up fails instead), and never log a database URL with
+//! its password.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 
 use super::cache::{CacheConfig, ConsentService};
 use super::erasure::ErasureKey;
+use super::postgres::{PostgresStore, PostgresStoreOptions};
 use super::requests::ConsentRecords;
 use super::sqlite::{SqliteStore, SqliteStoreOptions};
 use super::store::{ConsentStore, StoreError};
@@ -35,6 +37,17 @@ pub enum OpenError {
     /// The erasure key could not be read or created.
     #[error(transparent)]
     ErasureKey(#[from] super::erasure::ErasureKeyError),
+    /// The PostgreSQL store failed to connect or migrate.
+    #[error("cannot open the consent store at {target}: {source}")]
+    Postgres {
+        /// Where it was (without the password).
+        target: String,
+        /// What failed.
+        source: StoreError,
+    },
+    /// The configuration names a store without what it needs.
+    #[error("{0}")]
+    Config(String),
     /// The data directory could not be created.
     #[error("cannot create the data directory {dir}: {source}")]
     DataDir {
@@ -47,6 +60,13 @@ pub enum OpenError {
 
 /// Opens the configured consent store.
 pub async fn open_store(config: &Config, usage: Use) -> Result<Arc<dyn ConsentStore>, OpenError> {
+    match config.consent.store {
+        StoreKind::Sqlite => open_sqlite(config, usage).await,
+        StoreKind::Postgres => open_postgres(config, usage).await,
+    }
+}
+
+async fn open_sqlite(config: &Config, usage: Use) -> Result<Arc<dyn ConsentStore>, OpenError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::DataDir {
         dir: config.data_dir.clone(),
         source,
@@ -59,6 +79,32 @@ pub async fn open_store(config: &Config, usage: Use) -> Result<Arc<dyn ConsentSt
         ..SqliteStoreOptions::default()
     };
     let store = SqliteStore::open_with(config.data_dir.join(SQLITE_FILE), options).await?;
+    Ok(Arc::new(store))
+}
+
+async fn open_postgres(config: &Config, usage: Use) -> Result<Arc<dyn ConsentStore>, OpenError> {
+    let pg = &config.consent.postgres;
+    let url = pg.url.as_ref().ok_or_else(|| {
+        OpenError::Config(
+            "consent.store is `postgres` but no database URL is set (consent.postgres.url, \
+             CONSENTRY_POSTGRES_URL or --postgres-url)"
+                .to_owned(),
+        )
+    })?;
+    let options = super::postgres::connect_options(url.expose())?;
+    let target = super::postgres::describe(&options);
+    let tuning = PostgresStoreOptions {
+        max_connections: pg.max_connections,
+        acquire_timeout: Duration::from_millis(pg.connect_timeout_ms),
+        listen: usage == Use::Gateway,
+    };
+    let store = PostgresStore::open_with(options, tuning)
+        .await
+        .map_err(|source| OpenError::Postgres {
+            target: target.clone(),
+            source,
+        })?;
+    tracing::info!(database = %target, "consent store: PostgreSQL");
     Ok(Arc::new(store))
 }
 
