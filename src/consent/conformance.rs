@@ -160,6 +160,7 @@ impl Harness {
                     max_connections: 4,
                     acquire_timeout: Duration::from_secs(5),
                     listen: feed,
+                    ..PostgresStoreOptions::default()
                 };
                 Arc::new(
                     PostgresStore::open_with(schema.options(), options)
@@ -781,4 +782,163 @@ async fn a_lost_listener_flushes_and_listens_again() {
             .unwrap();
     };
     tokio::join!(append, announced(&mut feed, "a write after reconnecting"));
+}
+
+/// A TCP relay to the test database that can silence one of its connections: it stays open,
+/// but nothing passes (a NAT that dropped an idle flow, a partition without resets).
+struct SilentRelay {
+    addr: std::net::SocketAddr,
+    /// How many connections were accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// The index of the silenced connection, if any.
+    silenced: tokio::sync::watch::Sender<Option<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SilentRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SilentRelay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (silenced, watch) = tokio::sync::watch::channel(None);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let index = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                pipes.spawn(pipe(index, in_read, out_write, watch.clone()));
+                pipes.spawn(pipe(index, out_read, in_write, watch.clone()));
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            silenced,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn silence(&self, index: Option<usize>) {
+        self.silenced.send_replace(index);
+    }
+}
+
+async fn pipe(
+    index: usize,
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut silenced: tokio::sync::watch::Receiver<Option<usize>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if silenced.wait_for(|s| *s != Some(index)).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if silenced.wait_for(|s| *s != Some(index)).await.is_err()
+            || to.write_all(&buf[..n]).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_listener_connection_is_noticed_by_the_heartbeat() {
+    let test = "a_silent_listener_connection_is_noticed_by_the_heartbeat";
+    let Some(schema) = TestSchema::create(test).await else {
+        return;
+    };
+    let server = {
+        use std::net::ToSocketAddrs;
+        (schema.base.get_host(), schema.base.get_port())
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let relay = SilentRelay::start(server).await;
+    let heartbeat = Duration::from_millis(200);
+    let store = PostgresStore::open_with(
+        schema
+            .options()
+            .host(&relay.addr.ip().to_string())
+            .port(relay.addr.port()),
+        PostgresStoreOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(300),
+            listen: true,
+            heartbeat,
+        },
+    )
+    .await
+    .unwrap();
+    let mut feed = store.changes().unwrap();
+    // The pool's connection, then the listener's.
+    assert_eq!(relay.accepted(), 2);
+
+    // Heartbeats alone do not make caches forget.
+    feed.borrow_and_update();
+    tokio::time::sleep(heartbeat * 4).await;
+    assert!(!feed.has_changed().unwrap(), "a heartbeat moved the feed");
+
+    // The listener's connection goes silent, without a reset, while the pool's still works:
+    // the heartbeats it sends do not come back, which is noticed within two of them.
+    relay.silence(Some(1));
+    let started = std::time::Instant::now();
+    announced(&mut feed, "a silent connection").await;
+    assert!(started.elapsed() < heartbeat * 3, "{:?}", started.elapsed());
+
+    // The listener reconnects (a new connection, which passes), and writes are announced again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while relay.accepted() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no new listener");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    loop {
+        feed.borrow_and_update();
+        tokio::time::sleep(heartbeat * 3).await;
+        if !feed.has_changed().unwrap() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed did not settle"
+        );
+    }
+    let writer = PostgresStore::open_with(
+        schema.options(),
+        PostgresStoreOptions {
+            listen: false,
+            ..PostgresStoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let append = async {
+        writer
+            .append(&[ev("a", "m", EventKind::Granted, now_ms())])
+            .await
+            .unwrap();
+    };
+    tokio::join!(append, announced(&mut feed, "a write after the silence"));
 }

@@ -27,6 +27,12 @@
 //! costs one lookup per subject and is always safe). When that connection is lost it bumps too
 //! (writes made while nobody listened would otherwise go unnoticed) and reconnects with backoff;
 //! once it listens again it bumps once more.
+//!
+//! A connection can also die without a word (a NAT or firewall dropping an idle flow): the
+//! listener would then wait for ever while replicas write. So the store sends itself a heartbeat
+//! notification through its pool every `heartbeat`; if none (nor anything else) arrives on the
+//! listening connection by the next one, that connection counts as lost. Heartbeats do not bump
+//! the feed.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -34,7 +40,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::event::{ALL_PURPOSES, ConsentEvent, EventKind, now_ms};
@@ -55,6 +61,8 @@ const SCHEMA_VERSION: i32 = 1;
 /// The first key of the advisory lock that serialises migrations (the second is the schema):
 /// "cnsn" in ASCII.
 const MIGRATION_LOCK: i32 = 0x636e_736e;
+/// The payload of heartbeat notifications (writes carry a table name).
+const HEARTBEAT_PAYLOAD: &str = "heartbeat";
 /// Shortest and longest wait before the listener tries to reconnect.
 const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
 
@@ -138,6 +146,8 @@ pub struct PostgresStoreOptions {
     pub acquire_timeout: Duration,
     /// Whether to listen for writes (the change feed); one-shot commands do not.
     pub listen: bool,
+    /// How often the listener checks that its connection still carries notifications.
+    pub heartbeat: Duration,
 }
 
 impl Default for PostgresStoreOptions {
@@ -146,6 +156,7 @@ impl Default for PostgresStoreOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_millis(500),
             listen: true,
+            heartbeat: Duration::from_secs(10),
         }
     }
 }
@@ -224,18 +235,18 @@ impl PostgresStore {
             )
             .fetch_one(&pool)
             .await?;
-            // Its own pool of one, so that a busy store never starves the listener, and the
-            // listener never takes a connection from queries.
-            let listen_pool = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(tuning.acquire_timeout)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_lazy_with(options);
+            let feed = Feed {
+                store_pool: pool.clone(),
+                connect: options,
+                acquire_timeout: tuning.acquire_timeout,
+                channel,
+                heartbeat: tuning.heartbeat.max(Duration::from_millis(10)),
+                changes: watch::channel(0).0,
+            };
             // Listening before returning: a write made after `open` is always seen.
-            let listener = subscribe(&listen_pool, &channel).await?;
-            let (tx, rx) = watch::channel(0);
-            let task = tokio::spawn(listen_for_changes(listen_pool, channel, listener, tx));
+            let listener = feed.subscribe().await?;
+            let rx = feed.changes.subscribe();
+            let task = tokio::spawn(feed.run(listener));
             Some((rx, task))
         } else {
             None
@@ -545,61 +556,144 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A listener on `channel`, from `pool`.
-async fn subscribe(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    // A lost connection is reported at once (`Ok(None)`), not after a reconnection attempt:
-    // the cache must forget before anything else happens.
-    listener.eager_reconnect(false);
-    listener.listen(channel).await?;
-    Ok(listener)
+/// What drives a store's change feed.
+struct Feed {
+    /// The store's pool, which sends the heartbeats.
+    store_pool: PgPool,
+    /// Where the listener connects.
+    connect: PgConnectOptions,
+    acquire_timeout: Duration,
+    channel: String,
+    heartbeat: Duration,
+    changes: watch::Sender<u64>,
 }
 
-/// Bumps `changes` on every notification on `channel`, on the loss of the connection, and
-/// after each reconnection, until the store is dropped.
-async fn listen_for_changes(
-    pool: PgPool,
-    channel: String,
-    mut listener: PgListener,
-    changes: watch::Sender<u64>,
-) {
-    let bump = || changes.send_modify(|v| *v = v.wrapping_add(1));
-    loop {
+impl Feed {
+    /// Bumps the feed on every write notified, on the loss of the listening connection, and
+    /// after each reconnection, until the store is dropped.
+    async fn run(self, mut listener: PgListener) {
         loop {
-            match listener.try_recv().await {
-                Ok(Some(_)) => {
-                    // A burst of writes is one flush.
-                    while listener.next_buffered().is_some() {}
-                    bump();
+            self.until_lost(&mut listener).await;
+            self.bump();
+            // A fresh listener: after an error the old one may hold a broken connection.
+            drop(listener);
+            let mut wait = LISTEN_BACKOFF.0;
+            listener = loop {
+                tokio::time::sleep(wait).await;
+                match self.subscribe().await {
+                    Ok(l) => break l,
+                    Err(error) => {
+                        tracing::debug!(%error, "consent change listener cannot reconnect yet");
+                        wait = (wait * 2).min(LISTEN_BACKOFF.1);
+                    }
                 }
-                Ok(None) => {
-                    tracing::warn!(
-                        "consent change listener lost its connection: flushing caches, reconnecting"
-                    );
-                    break;
+            };
+            tracing::info!("consent change listener reconnected: flushing caches");
+            // Writes made while nobody listened went unnoticed.
+            self.bump();
+        }
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A listener on the channel, on a connection of its own: a busy store never starves it,
+    /// and it never takes a connection from queries. Each listener gets a new pool of one,
+    /// because a listener that is dropped gives its connection back only after an UNLISTEN,
+    /// which on a connection that went silent never ends.
+    async fn subscribe(&self) -> Result<PgListener, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.acquire_timeout)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(self.connect.clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
+        // A lost connection is reported at once (`Ok(None)`), not after a reconnection attempt:
+        // the cache must forget before anything else happens.
+        listener.eager_reconnect(false);
+        listener.listen(&self.channel).await?;
+        Ok(listener)
+    }
+
+    /// Sends a heartbeat through the store's pool, so that it comes back on the listening
+    /// connection only if that still works. Not awaited by the listener, so that a hanging
+    /// database cannot stall it; the answer says whether it went out within a heartbeat.
+    fn send_heartbeat(&self) -> oneshot::Receiver<bool> {
+        let (done, outcome) = oneshot::channel();
+        let send = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(self.channel.clone())
+            .bind(HEARTBEAT_PAYLOAD);
+        let pool = self.store_pool.clone();
+        let limit = self.heartbeat;
+        tokio::spawn(async move {
+            let went_out = match tokio::time::timeout(limit, send.execute(&pool)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "consent change heartbeat not sent");
+                    false
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "consent change listener failed: flushing caches, reconnecting");
-                    break;
+                Err(_) => false,
+            };
+            let _ = done.send(went_out);
+        });
+        outcome
+    }
+
+    /// Bumps on writes until the listening connection is lost, errs, or stays silent for a
+    /// whole heartbeat.
+    async fn until_lost(&self, listener: &mut PgListener) {
+        let mut ticks = tokio::time::interval(self.heartbeat);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether anything arrived since the last heartbeat was sent, and whether that one
+        // went out (`None`: none sent yet).
+        let mut heard = true;
+        let mut sent: Option<oneshot::Receiver<bool>> = None;
+        loop {
+            tokio::select! {
+                // Cancel safe: sqlx keeps a partly read message in its buffer.
+                received = listener.try_recv() => match received {
+                    Ok(Some(first)) => {
+                        heard = true;
+                        // A burst of writes is one flush.
+                        let mut wrote = first.payload() != HEARTBEAT_PAYLOAD;
+                        while let Some(next) = listener.next_buffered() {
+                            wrote |= next.payload() != HEARTBEAT_PAYLOAD;
+                        }
+                        if wrote {
+                            self.bump();
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!(
+                            "consent change listener lost its connection: flushing caches, reconnecting"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "consent change listener failed: flushing caches, reconnecting");
+                        return;
+                    }
+                },
+                _ = ticks.tick() => {
+                    match sent.take().map(|mut r| r.try_recv()) {
+                        None => {}
+                        Some(Ok(true)) if !heard => {
+                            tracing::warn!(
+                                "consent change listener missed a heartbeat: flushing caches, reconnecting"
+                            );
+                            return;
+                        }
+                        Some(Ok(true)) => {}
+                        // Not sent (the pool is unreachable or saturated): the feed cannot be
+                        // vouched for, so caches forget; the listener stays.
+                        Some(_) => self.bump(),
+                    }
+                    heard = false;
+                    sent = Some(self.send_heartbeat());
                 }
             }
         }
-        bump();
-        // A fresh listener: after an error the old one may hold a broken connection.
-        drop(listener);
-        let mut wait = LISTEN_BACKOFF.0;
-        listener = loop {
-            tokio::time::sleep(wait).await;
-            match subscribe(&pool, &channel).await {
-                Ok(l) => break l,
-                Err(error) => {
-                    tracing::debug!(%error, "consent change listener cannot reconnect yet");
-                    wait = (wait * 2).min(LISTEN_BACKOFF.1);
-                }
-            }
-        };
-        tracing::info!("consent change listener reconnected: flushing caches");
-        // Writes made while nobody listened went unnoticed.
-        bump();
     }
 }
