@@ -38,12 +38,12 @@ pub enum OpenError {
     #[error(transparent)]
     ErasureKey(#[from] super::erasure::ErasureKeyError),
     /// The PostgreSQL store failed to connect or migrate.
-    #[error("cannot open the consent store at {target}: {source}")]
+    #[error("{target}: {error}")]
     Postgres {
         /// Where it was (without the password).
         target: String,
         /// What failed.
-        source: StoreError,
+        error: StoreError,
     },
     /// The configuration names a store without what it needs.
     #[error("{0}")]
@@ -97,12 +97,13 @@ async fn open_postgres(config: &Config, usage: Use) -> Result<Arc<dyn ConsentSto
         max_connections: pg.max_connections,
         acquire_timeout: Duration::from_millis(pg.connect_timeout_ms),
         listen: usage == Use::Gateway,
+        ..PostgresStoreOptions::default()
     };
     let store = PostgresStore::open_with(options, tuning)
         .await
-        .map_err(|source| OpenError::Postgres {
+        .map_err(|error| OpenError::Postgres {
             target: target.clone(),
-            source,
+            error,
         })?;
     tracing::info!(database = %target, "consent store: PostgreSQL");
     Ok(Arc::new(store))
@@ -123,7 +124,15 @@ pub async fn open_records(
     usage: Use,
 ) -> Result<(Arc<ConsentService>, ConsentRecords), OpenError> {
     let store = open_store(config, usage).await?;
-    let key = ErasureKey::load_or_create(&config.erasure_key_path())?;
+    let key_path = config.erasure_key_path();
+    // With PostgreSQL nothing else creates the data directory, where the key is by default.
+    if let Some(dir) = key_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::DataDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    }
+    let key = ErasureKey::load_or_create(&key_path)?;
     let service = ConsentService::new(store, cache_config(config));
     let records = ConsentRecords::new(Arc::clone(&service), key);
     Ok((service, records))
