@@ -91,6 +91,14 @@ async fn open_postgres(config: &Config, usage: Use) -> Result<Arc<dyn ConsentSto
                 .to_owned(),
         )
     })?;
+    if pg.connect_timeout_ms >= config.consent.lookup_timeout_ms {
+        tracing::warn!(
+            connect_timeout_ms = pg.connect_timeout_ms,
+            lookup_timeout_ms = config.consent.lookup_timeout_ms,
+            "consent.postgres.connect_timeout_ms is not under consent.lookup_timeout_ms: with \
+             the database unreachable, lookups run into the lookup timeout instead of failing fast"
+        );
+    }
     let options = super::postgres::connect_options(url.expose())?;
     let target = super::postgres::describe(&options);
     let tuning = PostgresStoreOptions {

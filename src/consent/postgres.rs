@@ -528,13 +528,19 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .bind(MIGRATION_LOCK)
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS consentry_schema (\
-             version    INTEGER PRIMARY KEY, \
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )
-    .execute(&mut *tx)
-    .await?;
+    // Not `IF NOT EXISTS`, whose notice would be logged at every start.
+    let versioned: bool = sqlx::query_scalar("SELECT to_regclass('consentry_schema') IS NOT NULL")
+        .fetch_one(&mut *tx)
+        .await?;
+    if !versioned {
+        sqlx::raw_sql(
+            "CREATE TABLE consentry_schema (\
+                 version    INTEGER PRIMARY KEY, \
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     let version: i32 = sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM consentry_schema")
         .fetch_one(&mut *tx)
         .await?;
