@@ -81,6 +81,8 @@ pub enum StoreKind {
     Sqlite,
     /// An external consent-management platform, read over HTTP (`consent.http`).
     Http,
+    /// A PostgreSQL database shared by several replicas (`consent.postgres`).
+    Postgres,
 }
 
 /// The consent cache and store lookups.
@@ -103,6 +105,8 @@ pub struct ConsentConfig {
     /// Most store lookups in flight at once; a lookup waiting for its turn past
     /// `lookup_timeout_ms` counts as "no consent".
     pub max_concurrent_lookups: usize,
+    /// The PostgreSQL store (used when `store` is `postgres`).
+    pub postgres: PostgresConfig,
 }
 
 /// An external consent-management platform asked over plain HTTP, one request per subject
@@ -225,6 +229,62 @@ impl Default for AdminConfig {
     }
 }
 
+/// The PostgreSQL store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`; `?options=-csearch_path%3Dname` picks a
+    /// schema other than `public`.
+    pub url: Option<DatabaseUrl>,
+    /// Connections in the pool of each gateway (plus one for the change listener).
+    pub max_connections: u32,
+    /// How long a query waits for a connection (opening one included) before failing; keep
+    /// it well under `lookup_timeout_ms`, so that an unreachable database refuses fast.
+    pub connect_timeout_ms: u64,
+}
+
+/// A database URL. It may hold a password, so it never prints: `Debug` shows a placeholder.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, to connect with (never to log).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+            connect_timeout_ms: 500,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -277,6 +337,7 @@ impl Default for ConsentConfig {
             store: StoreKind::Sqlite,
             http: None,
             max_concurrent_lookups: 32,
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -360,6 +421,7 @@ impl Config {
                 "limits must be greater than zero".to_owned(),
             ));
         }
+        self.consent.validate()?;
         self.admin.validate()
     }
 }
@@ -399,6 +461,40 @@ impl AdminConfig {
         }
         if self.rate_per_second > 0 && self.burst == 0 {
             return invalid("admin.burst must be at least 1 when a rate is set".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl ConsentConfig {
+    /// Checks the store settings: the selected store must have what it needs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.store == StoreKind::Postgres {
+            match self.postgres.url.as_ref().map(|u| u.expose().trim()) {
+                None | Some("") => {
+                    return Err(ConfigError::Invalid(
+                        "consent.store is `postgres` but no database URL is set \
+                         (consent.postgres.url, CONSENTRY_POSTGRES_URL or --postgres-url)"
+                            .to_owned(),
+                    ));
+                }
+                Some(url)
+                    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+                {
+                    return Err(ConfigError::Invalid(
+                        "consent.postgres.url must start with postgres:// or postgresql://"
+                            .to_owned(),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if self.postgres.max_connections == 0 || self.postgres.connect_timeout_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "consent.postgres.max_connections and connect_timeout_ms must be greater \
+                     than zero"
+                        .to_owned(),
+                ));
+            }
         }
         Ok(())
     }

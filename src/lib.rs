@@ -6,8 +6,8 @@
 //!   the compiled form that runtime code sees.
 //! - [`redact`]: the streaming JSON engine that applies a compiled view record by record
 //!   (pure: no tokio, no hyper).
-//! - [`consent`]: consent stores (SQLite embedded, a platform over HTTP), the cache in front of
-//!   them, lawful-basis decisions.
+//! - [`consent`]: consent stores (SQLite embedded, PostgreSQL for replicas, a platform over
+//!   HTTP), the cache in front of them, lawful-basis decisions.
 //! - [`identity`]: who is calling ([`identity::identify`]) and for which purpose.
 //! - [`proxy`]: the request path ([`proxy::pipeline`]), the upstream client, refusals.
 //! - [`server`]: listening, serving HTTP/1.1 and h2c, draining on shutdown.

@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::StoreKind;
-use crate::config::{AdminToken, Config, MIN_ADMIN_TOKEN_CHARS};
+use crate::config::{AdminToken, Config, DatabaseUrl, MIN_ADMIN_TOKEN_CHARS, StoreKind};
 
 /// An admin token given in clear (flag or environment). Hashed into the configuration at
 /// start-up; its `Debug` form never shows it.
@@ -131,9 +130,13 @@ pub struct StoreArgs {
     /// The erasure key file (default: DATA_DIR/erasure.key).
     #[arg(long, env = "CONSENTRY_ERASURE_KEY_FILE")]
     pub erasure_key_file: Option<PathBuf>,
-    /// The consent store (`http` reads the platform set in the file's `consent.http`).
+    /// The consent store: `sqlite` (a file in the data directory), `postgres` (shared by
+    /// replicas; needs a URL) or `http` (reads the platform set in the file's `consent.http`).
     #[arg(long, env = "CONSENTRY_CONSENT_STORE", value_enum)]
     pub consent_store: Option<StoreKind>,
+    /// The PostgreSQL URL (`postgres://user:password@host:port/database`).
+    #[arg(long, env = "CONSENTRY_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<DatabaseUrl>,
 }
 
 impl StoreArgs {
@@ -144,6 +147,7 @@ impl StoreArgs {
             None => Config::default(),
         };
         self.apply(&mut c);
+        c.consent.validate()?;
         Ok(c)
     }
 
@@ -157,6 +161,9 @@ impl StoreArgs {
         }
         if let Some(v) = self.consent_store {
             c.consent.store = v;
+        }
+        if let Some(v) = &self.postgres_url {
+            c.consent.postgres.url = Some(v.clone());
         }
     }
 }
@@ -425,6 +432,87 @@ mod tests {
         assert!(
             Wrapper::try_parse_from(["x", "--consent-store", "mongo"]).is_err(),
             "an unknown store is refused"
+        );
+    }
+
+    #[test]
+    fn the_consent_store_is_chosen_by_file_or_flag_and_postgres_needs_a_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("consentry.yaml");
+        std::fs::write(
+            &file,
+            "consent:\n  store: postgres\n  postgres:\n    max_connections: 3\n",
+        )
+        .unwrap();
+        let w = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]);
+        let err = w.args.config().unwrap_err().to_string();
+        assert!(err.contains("no database URL"), "{err}");
+        assert!(err.contains("CONSENTRY_POSTGRES_URL"), "{err}");
+
+        let secret = "postgres://gw:s3cret@db:5432/consent";
+        let w = Wrapper::parse_from([
+            "x",
+            "--config",
+            file.to_str().unwrap(),
+            "--postgres-url",
+            secret,
+        ]);
+        let c = w.args.config().unwrap();
+        assert_eq!(c.consent.store, crate::config::StoreKind::Postgres);
+        assert_eq!(c.consent.postgres.max_connections, 3);
+        assert_eq!(c.consent.postgres.connect_timeout_ms, 500);
+        assert_eq!(c.consent.postgres.url.as_ref().unwrap().expose(), secret);
+        // The password never shows in a debug print of the settings.
+        assert!(!format!("{c:?} {:?}", w.args).contains("s3cret"));
+
+        // The flag selects a store over the file's choice; the default is SQLite.
+        let w = Wrapper::parse_from(["x", "--consent-store", "sqlite"]);
+        assert_eq!(
+            w.args.config().unwrap().consent.store,
+            crate::config::StoreKind::Sqlite
+        );
+        assert_eq!(
+            Wrapper::parse_from(["x"])
+                .args
+                .config()
+                .unwrap()
+                .consent
+                .store,
+            crate::config::StoreKind::Sqlite
+        );
+        let w = Wrapper::parse_from([
+            "x",
+            "--consent-store",
+            "postgres",
+            "--postgres-url",
+            "mysql://x",
+        ]);
+        assert!(w.args.config().is_err());
+        std::fs::write(&file, "consent:\n  postgres:\n    password: x\n").unwrap();
+        let w = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]);
+        assert!(
+            w.args
+                .config()
+                .unwrap_err()
+                .to_string()
+                .contains("password")
+        );
+    }
+
+    #[test]
+    fn the_documented_configuration_parses_as_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/consentry.yaml");
+        let c = Config::from_file(&path).unwrap();
+        let d = Config::default();
+        assert_eq!(c.consent.store, d.consent.store);
+        assert!(c.consent.postgres.url.is_none());
+        assert_eq!(
+            c.consent.postgres.max_connections,
+            d.consent.postgres.max_connections
+        );
+        assert_eq!(
+            c.consent.postgres.connect_timeout_ms,
+            d.consent.postgres.connect_timeout_ms
         );
     }
 }

@@ -5,6 +5,7 @@
 //! - [`store`]: the [`store::ConsentStore`] trait and the state it returns.
 //! - [`sqlite`]: the embedded store (one SQLite file in the data directory).
 //! - [`http`]: an external consent-management platform, read over HTTP (lookups only).
+//! - [`postgres`]: the store shared by replicas (PostgreSQL, with a LISTEN/NOTIFY change feed).
 //! - [`erasure`]: the key and pseudonym behind erasure records.
 //! - [`decide`]: the pure decision from a state (`Granted`, `Denied`, `Unknown`).
 //! - [`open`]: the store the configuration names, opened for the gateway or the CLI.
@@ -20,9 +21,12 @@ pub mod erasure;
 pub mod event;
 pub mod http;
 pub mod open;
+pub mod postgres;
 pub mod requests;
 pub mod sqlite;
 pub mod store;
 
+#[cfg(test)]
+mod conformance;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,8 @@
 //! Opening the consent store that the configuration names, for the gateway and the CLI alike.
 //!
 //! It owns the choice of store and its start-up (directories, migrations). It must never hand
-//! back a store that did not open: start-up fails instead.
+//! back a store that did not open (start-up fails instead), and never log a database URL with
+//! its password.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use crate::config::{Config, StoreKind};
 use super::cache::{CacheConfig, ConsentService};
 use super::erasure::ErasureKey;
 use super::http::{HttpConfigError, HttpConsentStore};
+use super::postgres::{PostgresStore, PostgresStoreOptions};
 use super::requests::ConsentRecords;
 use super::sqlite::{SqliteStore, SqliteStoreOptions};
 use super::store::{ConsentStore, StoreError};
@@ -39,6 +41,17 @@ pub enum OpenError {
     /// The erasure key could not be read or created.
     #[error(transparent)]
     ErasureKey(#[from] super::erasure::ErasureKeyError),
+    /// The PostgreSQL store failed to connect or migrate.
+    #[error("{target}: {error}")]
+    Postgres {
+        /// Where it was (without the password).
+        target: String,
+        /// What failed.
+        error: StoreError,
+    },
+    /// The configuration names a store without what it needs.
+    #[error("{0}")]
+    Config(String),
     /// The data directory could not be created.
     #[error("cannot create the data directory {dir}: {source}")]
     DataDir {
@@ -79,7 +92,43 @@ pub async fn open_store(config: &Config, usage: Use) -> Result<Arc<dyn ConsentSt
                 })?;
             Ok(Arc::new(HttpConsentStore::new(http)?))
         }
+        StoreKind::Postgres => open_postgres(config, usage).await,
     }
+}
+
+async fn open_postgres(config: &Config, usage: Use) -> Result<Arc<dyn ConsentStore>, OpenError> {
+    let pg = &config.consent.postgres;
+    let url = pg.url.as_ref().ok_or_else(|| {
+        OpenError::Config(
+            "consent.store is `postgres` but no database URL is set (consent.postgres.url, \
+             CONSENTRY_POSTGRES_URL or --postgres-url)"
+                .to_owned(),
+        )
+    })?;
+    if pg.connect_timeout_ms >= config.consent.lookup_timeout_ms {
+        tracing::warn!(
+            connect_timeout_ms = pg.connect_timeout_ms,
+            lookup_timeout_ms = config.consent.lookup_timeout_ms,
+            "consent.postgres.connect_timeout_ms is not under consent.lookup_timeout_ms: with \
+             the database unreachable, lookups run into the lookup timeout instead of failing fast"
+        );
+    }
+    let options = super::postgres::connect_options(url.expose())?;
+    let target = super::postgres::describe(&options);
+    let tuning = PostgresStoreOptions {
+        max_connections: pg.max_connections,
+        acquire_timeout: Duration::from_millis(pg.connect_timeout_ms),
+        listen: usage == Use::Gateway,
+        ..PostgresStoreOptions::default()
+    };
+    let store = PostgresStore::open_with(options, tuning)
+        .await
+        .map_err(|error| OpenError::Postgres {
+            target: target.clone(),
+            error,
+        })?;
+    tracing::info!(database = %target, "consent store: PostgreSQL");
+    Ok(Arc::new(store))
 }
 
 /// The cache settings of the configuration.

@@ -166,17 +166,22 @@ impl SqliteStore {
             .pragma("cache_size", "-256")
             // Erased events are overwritten with zeros, not left in free pages.
             .pragma("secure_delete", "on");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(tuning.max_connections.max(1))
-            .acquire_timeout(tuning.busy_timeout)
-            .connect_with(options.clone())
-            .await?;
+        let pool = retry_busy(tuning.busy_timeout, || {
+            SqlitePoolOptions::new()
+                .max_connections(tuning.max_connections.max(1))
+                .acquire_timeout(tuning.busy_timeout)
+                .connect_with(options.clone())
+        })
+        .await?;
         migrate(&pool).await?;
 
         let own_rows = Arc::new(Mutex::new(0));
         let changes = match tuning.watch_interval {
             Some(every) => {
-                let conn = SqliteConnection::connect_with(&options).await?;
+                let conn = retry_busy(tuning.busy_timeout, || {
+                    SqliteConnection::connect_with(&options)
+                })
+                .await?;
                 let (tx, rx) = watch::channel(0);
                 let own = Arc::clone(&own_rows);
                 Some((rx, tokio::spawn(watch_data_version(conn, own, tx, every))))
@@ -437,6 +442,33 @@ fn event_from_row(row: &SqliteRow) -> Result<ConsentEvent, StoreError> {
         actor: row.try_get("actor")?,
         recorded_at_ms: row.try_get("recorded_at_ms")?,
     })
+}
+
+/// Retries `connect` while SQLite answers "busy", for at most `limit`. A connection switches
+/// a new file to WAL, which takes a lock that SQLite's busy timeout does not wait for: when two
+/// processes open a new store at once, one of them would otherwise fail.
+async fn retry_busy<T, F, Fut>(limit: Duration, mut connect: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match connect().await {
+            Err(sqlx::Error::Database(e))
+                if is_busy(e.code().as_deref()) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether an SQLite (extended) result code is SQLITE_BUSY.
+fn is_busy(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 5)
 }
 
 /// Applies the embedded migrations in one write transaction, so that two processes opening a

@@ -1,5 +1,6 @@
-//! Store, cache and CLI tests against real SQLite files in temporary directories (the cache's
-//! load tests wrap the real store to count and slow its lookups, never to fake answers).
+//! Cache, service and CLI tests against real SQLite files in temporary directories (the cache's
+//! load tests wrap the real store to count and slow its lookups, never to fake answers). What
+//! every store must do is in `conformance.rs`, run against SQLite and PostgreSQL alike.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,96 +62,6 @@ async fn raw(path: &Path) -> SqliteConnection {
     SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap()
-}
-
-fn kinds(states: &[ConsentState]) -> Vec<Option<EventKind>> {
-    states.iter().map(|s| s.latest.map(|l| l.kind)).collect()
-}
-
-#[tokio::test]
-async fn append_and_lookup() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(&db(&dir)).await;
-    let now = now_ms();
-    let mut grant = ev("1", "marketing", EventKind::Granted, now - HOUR);
-    grant.expires_at_ms = Some(now + HOUR);
-    s.append(&[grant, ev("2", "analytics", EventKind::Granted, now)])
-        .await
-        .unwrap();
-
-    let states = s.lookup("marketing", &["1", "2", "3"]).await.unwrap();
-    assert_eq!(kinds(&states), [Some(EventKind::Granted), None, None]);
-    let latest = states[0].latest.unwrap();
-    assert_eq!(latest.order.at_ms, now - HOUR);
-    assert_eq!(latest.expires_at_ms, Some(now + HOUR));
-    assert_eq!(states[0].opted_out_all, None);
-
-    assert!(s.lookup("marketing", &[]).await.unwrap().is_empty());
-    let history = s.history("1").await.unwrap();
-    assert_eq!(history.len(), 1);
-    assert_eq!(history[0].source.as_deref(), Some("test"));
-}
-
-#[tokio::test]
-async fn batch_keeps_the_order_of_subjects_across_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(&db(&dir)).await;
-    let now = now_ms();
-    // 1,200 subjects (three statements of at most 500); every third one withdrew.
-    let events: Vec<_> = (0..1200)
-        .map(|i| {
-            let kind = if i % 3 == 0 {
-                EventKind::Withdrawn
-            } else {
-                EventKind::Granted
-            };
-            ev(&format!("s{i}"), "ads", kind, now)
-        })
-        .collect();
-    s.append(&events).await.unwrap();
-
-    let mut ids: Vec<String> = (0..1300).rev().map(|i| format!("s{i}")).collect();
-    ids.push("s3".into()); // repeated subject
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let states = s.lookup("ads", &refs).await.unwrap();
-    assert_eq!(states.len(), refs.len());
-    for (id, state) in refs.iter().zip(&states) {
-        let i: usize = id[1..].parse().unwrap();
-        let want = match i {
-            i if i >= 1200 => None,
-            i if i % 3 == 0 => Some(EventKind::Withdrawn),
-            _ => Some(EventKind::Granted),
-        };
-        assert_eq!(state.latest.map(|l| l.kind), want, "{id}");
-    }
-}
-
-#[tokio::test]
-async fn ties_in_time_go_to_the_later_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(&db(&dir)).await;
-    let t = now_ms();
-    s.append(&[
-        ev("a", "m", EventKind::Granted, t),
-        ev("a", "m", EventKind::Withdrawn, t),
-    ])
-    .await
-    .unwrap();
-    s.append(&[ev("b", "m", EventKind::Withdrawn, t)])
-        .await
-        .unwrap();
-    s.append(&[ev("b", "m", EventKind::Granted, t)])
-        .await
-        .unwrap();
-    // An older event appended later does not win.
-    s.append(&[ev("b", "m", EventKind::Objected, t - 1)])
-        .await
-        .unwrap();
-    let states = s.lookup("m", &["a", "b"]).await.unwrap();
-    assert_eq!(
-        kinds(&states),
-        [Some(EventKind::Withdrawn), Some(EventKind::Granted)]
-    );
 }
 
 #[tokio::test]
@@ -234,66 +145,6 @@ async fn decisions_through_the_service() {
         service.decide_batch(&sale, &["regranted"], false).await,
         [Consent::Denied]
     );
-}
-
-#[tokio::test]
-async fn invalid_events_are_not_appended() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(&db(&dir)).await;
-    let t = now_ms();
-    let err = s
-        .append(&[
-            ev("a", "m", EventKind::Granted, t),
-            ev("a", "*", EventKind::Granted, t),
-        ])
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("event 1"), "{err}");
-    assert!(s.history("a").await.unwrap().is_empty());
-}
-
-#[tokio::test]
-async fn an_append_that_fails_midway_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db(&dir);
-    let s = quiet_store(&path).await;
-    // The database itself refuses the second row.
-    sqlx::raw_sql(
-        "CREATE TRIGGER refuse_boom BEFORE INSERT ON consent_events WHEN NEW.subject = 'boom' \
-         BEGIN SELECT RAISE(ABORT, 'refused'); END;",
-    )
-    .execute(&mut raw(&path).await)
-    .await
-    .unwrap();
-    let t = now_ms();
-    let err = s
-        .append(&[
-            ev("fine", "m", EventKind::Granted, t),
-            ev("boom", "m", EventKind::Granted, t),
-        ])
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("refused"), "{err}");
-    assert!(s.history("fine").await.unwrap().is_empty());
-}
-
-#[tokio::test]
-async fn the_table_is_append_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db(&dir);
-    let s = store(&path).await;
-    s.append(&[ev("a", "m", EventKind::Granted, now_ms())])
-        .await
-        .unwrap();
-    let mut conn = raw(&path).await;
-    for sql in [
-        "UPDATE consent_events SET kind = 'withdrawn'",
-        "DELETE FROM consent_events",
-    ] {
-        let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
-    }
-    assert_eq!(s.history("a").await.unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! End-to-end tests: a real upstream on loopback, the gateway in-process on a free port with a
-//! real SQLite consent store, and clients speaking HTTP/1.1, HTTP/2 and raw TCP.
+//! real SQLite consent store (or the test PostgreSQL database, for replicas), and clients
+//! speaking HTTP/1.1, HTTP/2 and raw TCP.
 //!
 //! Each test asserts what a client of the gateway sees: status, reason code, content type and
 //! body, and where it matters what the upstream received.
@@ -25,4 +26,5 @@ mod paths;
 mod platform;
 mod protocol;
 mod redaction;
+mod replicas;
 mod shapes;

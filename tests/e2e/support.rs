@@ -1,5 +1,6 @@
 //! Builders for the end-to-end tests: a scripted upstream on loopback, a consent platform on
-//! loopback, the gateway in-process with a policy and a SQLite data dir in a temp dir, and
+//! loopback, the gateway in-process with a policy and a SQLite data dir in a temp dir (or a
+//! PostgreSQL schema: [`postgres`]), and
 //! HTTP/1.1, HTTP/2 and raw TCP clients.
 
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+pub mod postgres;
 
 /// The key of the caller that may declare every purpose of the test policy.
 pub const APP_KEY: &str = "e2e-app-key";
