@@ -31,6 +31,9 @@ pub struct DemoArgs {
     /// Address of the sample CRM.
     #[arg(long, default_value = "127.0.0.1:18090")]
     pub crm: SocketAddr,
+    /// Address of the admin API.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
     /// Data directory for the demo's consent store (fresh on every start).
     #[arg(long, default_value = "data/demo")]
     pub data_dir: PathBuf,
@@ -40,6 +43,8 @@ pub struct DemoArgs {
 pub const MARKETING_KEY: &str = "demo-marketing-key";
 /// Key of the support desk.
 pub const SUPPORT_KEY: &str = "demo-support-key";
+/// The demo's admin token (a real deployment configures only its SHA-256).
+pub const ADMIN_TOKEN: &str = "demo-admin-token-not-a-secret";
 
 /// The sample contacts: (id, first, last, email, phone, city, date of birth, health notes,
 /// ethnicity).
@@ -190,7 +195,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
         if let Some(log) = &_log {
             rt.spawn(log.0.clone().flush_periodically());
         }
-        rt.block_on(demo(args))
+        rt.block_on(demo(args, crate::server::signal(), None))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,7 +206,23 @@ pub fn run(args: DemoArgs) -> ExitCode {
     }
 }
 
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+/// Where a running demo listens (the actual ports when the arguments asked for port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct DemoAddrs {
+    /// The gateway.
+    pub gateway: SocketAddr,
+    /// The admin API.
+    pub admin: SocketAddr,
+    /// The sample CRM.
+    pub crm: SocketAddr,
+}
+
+/// Runs the demo until `shutdown`; `ready` hears where it listens once it serves.
+pub async fn demo(
+    mut args: DemoArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<DemoAddrs>>,
+) -> anyhow::Result<()> {
     // A fresh store and the embedded policy on every start, so the demo always tells the same
     // story.
     let _ = std::fs::remove_dir_all(&args.data_dir);
@@ -211,16 +232,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::write(policies.join("pseudonym.key"), EXAMPLE_KEY)?;
 
     let crm = tokio::net::TcpListener::bind(args.crm).await?;
+    args.crm = crm.local_addr()?;
     tokio::spawn(serve_crm(crm));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    args.listen = listener.local_addr()?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen).await?;
+    args.admin_listen = admin_listener.local_addr()?;
 
     let config = Config {
         listen: args.listen,
         upstream: format!("http://{}", args.crm),
         policies,
         data_dir: args.data_dir.clone(),
+        admin: crate::config::AdminConfig {
+            listen: Some(args.admin_listen),
+            tokens: vec![crate::config::AdminToken::from_secret("demo", ADMIN_TOKEN)],
+            ..crate::config::AdminConfig::default()
+        },
         ..Config::default()
     };
     let gateway = crate::server::build(&config).await?;
+    let admin = crate::admin::Admin::new(gateway.clone(), &config.admin)?;
     let now = now_ms();
     let event = |subject: &str, purpose: &str, kind| ConsentEvent {
         subject: subject.to_owned(),
@@ -244,7 +276,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             event("104", "analytics", EventKind::Objected),
         ])
         .await?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let base = format!("http://{}", args.listen);
     println!(
         r#"
@@ -270,8 +301,15 @@ Consent: 101, 102 and 105 granted marketing; 103 granted, then withdrew; 104 obj
 6. Without a key:
    curl -s {base}/crm/v3/objects/contacts -H 'X-Purpose: marketing'
 
-Record consent while it runs (honoured on the next request):
-   cargo run --release -- consent --data-dir {data} grant 104 marketing
+Record consent while it runs, through the admin API or the CLI (honoured on the next request),
+and read a subject's state and history:
+   curl -s -X POST {admin}/v1/consent/events -H 'Authorization: Bearer {token}' \
+        -H 'Content-Type: application/json' \
+        -d '{{"subject": "104", "purpose": "marketing", "kind": "granted", "source": "web_form"}}'
+   cargo run --release -- consent --data-dir {data} withdraw 101 marketing
+   curl -s {admin}/v1/subjects/103/consent -H 'Authorization: Bearer {token}'
+   curl -s {admin}/v1/subjects/103/history -H 'Authorization: Bearer {token}'
+   curl -s {admin}/openapi.json
 
 Stop with Ctrl-C.
 "#,
@@ -279,7 +317,28 @@ Stop with Ctrl-C.
         mk = MARKETING_KEY,
         sk = SUPPORT_KEY,
         data = args.data_dir.display(),
+        admin = format_args!("http://{}", args.admin_listen),
+        token = ADMIN_TOKEN,
     );
-    crate::server::run(listener, gateway, &config, crate::server::signal()).await;
+    if let Some(ready) = ready {
+        let _ = ready.send(DemoAddrs {
+            gateway: args.listen,
+            admin: args.admin_listen,
+            crm: args.crm,
+        });
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopping = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    tokio::join!(
+        stopping,
+        crate::server::run(listener, gateway, &config, until_stopped(stopped.clone())),
+        crate::admin::serve(admin_listener, admin, &config, until_stopped(stopped)),
+    );
     Ok(())
 }

@@ -19,6 +19,7 @@ mod support;
 mod admin;
 mod adversarial;
 mod consent;
+mod demo;
 pub mod fail_closed;
 mod identity;
 mod lawful_bases;
