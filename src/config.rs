@@ -48,6 +48,10 @@ pub struct LimitsConfig {
     pub max_request_body_bytes: u64,
     /// Largest request head: the request target and the header fields.
     pub max_header_bytes: usize,
+    /// Most header fields in a request.
+    pub max_headers: usize,
+    /// Most records in one upstream body (each costs a consent decision).
+    pub max_records: usize,
     /// Concurrent client connections.
     pub max_connections: usize,
 }
@@ -309,6 +313,8 @@ impl Default for LimitsConfig {
             max_depth: 64,
             max_request_body_bytes: 1024 * 1024,
             max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_records: 100_000,
             max_connections: 4096,
         }
     }
@@ -416,7 +422,11 @@ impl Config {
                 "consent.max_concurrent_lookups must be greater than zero".to_owned(),
             ));
         }
-        if self.limits.max_depth == 0 || self.limits.max_record_bytes == 0 {
+        if self.limits.max_depth == 0
+            || self.limits.max_record_bytes == 0
+            || self.limits.max_headers == 0
+            || self.limits.max_records == 0
+        {
             return Err(ConfigError::Invalid(
                 "limits must be greater than zero".to_owned(),
             ));

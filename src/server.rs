@@ -69,7 +69,8 @@ pub async fn serve_http<M, S, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.timeouts.client_header_ms))
-        .max_buf_size(config.limits.max_header_bytes.max(8192));
+        .max_buf_size(config.limits.max_header_bytes.max(8192))
+        .max_headers(config.limits.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())

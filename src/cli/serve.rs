@@ -61,6 +61,12 @@ pub struct ServeArgs {
     /// Largest request head, in bytes.
     #[arg(long, env = "CONSENTRY_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
+    /// Most header fields in a request.
+    #[arg(long, env = "CONSENTRY_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+    /// Most records in one upstream body.
+    #[arg(long, env = "CONSENTRY_MAX_RECORDS")]
+    pub max_records: Option<usize>,
     /// Most concurrent client connections.
     #[arg(long, env = "CONSENTRY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -186,6 +192,8 @@ impl ServeArgs {
             max_depth => limits.max_depth;
             max_request_body_bytes => limits.max_request_body_bytes;
             max_header_bytes => limits.max_header_bytes;
+            max_headers => limits.max_headers;
+            max_records => limits.max_records;
             max_connections => limits.max_connections;
             connect_timeout_ms => timeouts.connect_ms;
             header_timeout_ms => timeouts.header_ms;

@@ -89,7 +89,10 @@ async fn process(
     // The HTTP/1 reader cannot be set below 8 KiB: a smaller configured limit is enforced here,
     // on the request target and the header fields.
     let target = req.uri().path_and_query().map_or(0, |t| t.as_str().len());
-    if target + header_bytes(req.headers()) > gw.limits.max_header_bytes {
+    if target + header_bytes(req.headers()) > gw.limits.max_header_bytes
+        // HTTP/1 stops at the count while parsing; HTTP/2 header lists are counted here.
+        || req.headers().len() > gw.limits.max_headers
+    {
         return Err(Refusal::HeadersTooLarge);
     }
     // `timeouts.total_ms` bounds the whole exchange with the upstream, from here on.

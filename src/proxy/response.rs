@@ -185,6 +185,7 @@ fn refusal_of(e: &RedactError) -> Refusal {
         RedactError::Unreadable(_) => {
             Refusal::UpstreamUnreadable("the upstream body is not valid JSON of the declared shape")
         }
+        RedactError::TooManyRecords => Refusal::BodyTooLarge,
         RedactError::Protocol => Refusal::Internal,
     }
 }
@@ -220,6 +221,7 @@ impl BodyJob {
             max_record_bytes: gw.limits.max_record_bytes,
             max_depth: gw.limits.max_depth,
             batch: 128,
+            max_records: gw.limits.max_records,
         };
         let redactor = Redactor::new(
             &route.records,

@@ -22,6 +22,8 @@ pub struct Limits {
     pub max_depth: usize,
     /// Records held waiting for one consent batch.
     pub batch: usize,
+    /// Most records in one body (each costs a consent decision).
+    pub max_records: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +32,7 @@ impl Default for Limits {
             max_record_bytes: 1024 * 1024,
             max_depth: 64,
             batch: 128,
+            max_records: 1_000_000,
         }
     }
 }
@@ -46,6 +49,8 @@ pub enum RedactError {
     SubjectMismatch,
     #[error("a subject has no lawful basis for the purpose")]
     NoLawfulBasis,
+    #[error("the body holds more records than the limit")]
+    TooManyRecords,
     #[error("the engine was driven out of order")]
     Protocol,
 }
@@ -89,6 +94,8 @@ pub struct Redactor {
     single: bool,
     levels: Vec<Level>,
     first_record: bool,
+    /// Records taken so far (against `limits.max_records`).
+    records_seen: usize,
     pending: Vec<Pending>,
     /// Subject ids of the pending records, end to end.
     subjects: String,
@@ -126,6 +133,7 @@ impl Redactor {
             single,
             levels: Vec::new(),
             first_record: true,
+            records_seen: 0,
             pending: Vec::new(),
             subjects: String::new(),
             pending_out: Vec::new(),
@@ -379,6 +387,10 @@ impl Redactor {
                 id
             }
         };
+        self.records_seen += 1;
+        if self.records_seen > self.limits.max_records {
+            return Err(RedactError::TooManyRecords);
+        }
         let from = self.subjects.len();
         self.subjects.push_str(subject);
         self.pending.push(Pending {
