@@ -104,6 +104,13 @@ pub enum ConsentCommand {
         /// The data subject's id.
         subject: String,
     },
+    /// Print the whole record of consent, in the order it was recorded (it imports back
+    /// unchanged).
+    ExportAll {
+        /// The output format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ImportFormat,
+    },
     /// Erase SUBJECT's consent history; a pseudonymised record of the erasure stays.
     Erase {
         /// The data subject's id.
@@ -198,6 +205,7 @@ async fn execute(records: &ConsentRecords, cmd: ConsentCommand) -> anyhow::Resul
         ConsentCommand::State { subject } => return state(records, &subject).await,
         ConsentCommand::History { subject } => return history(records, &subject).await,
         ConsentCommand::Export { subject } => return export_subject(records, &subject).await,
+        ConsentCommand::ExportAll { format } => return export_all(records, format).await,
         ConsentCommand::Erase {
             subject,
             request_ref,
@@ -277,6 +285,35 @@ async fn state(records: &ConsentRecords, subject: &str) -> anyhow::Result<()> {
         }
         println!("{line}");
     }
+    Ok(())
+}
+
+/// Events per page of `export-all`: memory holds one page at a time.
+const EXPORT_PAGE: u32 = 1000;
+
+async fn export_all(records: &ConsentRecords, format: ImportFormat) -> anyhow::Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if format == ImportFormat::Csv {
+        out.write_all(crate::consent::event::csv_header_line().as_bytes())?;
+    }
+    let mut after = 0;
+    loop {
+        let page = records.export_page(after, EXPORT_PAGE).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.seq;
+        for e in &page {
+            let line = match format {
+                ImportFormat::Csv => e.event.to_csv_line(),
+                ImportFormat::Jsonl => e.event.to_json_line(),
+            };
+            out.write_all(line.as_bytes())?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -844,9 +844,10 @@ impl Gw {
             actor: None,
             recorded_at_ms: None,
         };
+        // Through the record of consent, as the admin API and the CLI write: with an actor.
         self.gateway
-            .consent
-            .record(&[event])
+            .records
+            .record(vec![event], "e2e")
             .await
             .expect("the consent event is recorded");
     }
