@@ -438,6 +438,13 @@ impl ConsentService {
             .filter_map(|(subject, state)| state.map(|s| (subject, s)));
         for (subject, state) in answers.take(room) {
             let mut slots = self.cache.entry(Box::from(*subject)).or_default();
+            // INVARIANT: checked under the entry's shard lock. An invalidation bumps the
+            // generation before it removes (taking this lock): if the bump is not seen here, its
+            // removal comes after this insert; if it is, nothing more goes in. So an answer read
+            // before a write is never visible to a request made after the write returned.
+            if self.generation.load(Ordering::Acquire) != generation {
+                break;
+            }
             let now = Instant::now();
             slots.retain(|s| &*s.purpose != purpose && s.expires > now);
             slots.push(Slot {

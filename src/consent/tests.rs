@@ -816,3 +816,95 @@ async fn an_erased_subject_leaves_no_bytes_on_disk() {
     assert!(on_disk("subject-kept-77"));
     assert_eq!(s.history("subject-kept-77").await.unwrap().len(), 50);
 }
+
+/// A store that answers the first lookup only when told to, so that a write can land while a
+/// lookup that read before it is still being cached.
+struct Gated {
+    inner: Arc<SqliteStore>,
+    first: std::sync::atomic::AtomicBool,
+    read: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl ConsentStore for Gated {
+    fn append<'a>(&'a self, e: &'a [ConsentEvent]) -> StoreFuture<'a, ()> {
+        self.inner.append(e)
+    }
+    fn lookup<'a>(&'a self, p: &'a str, s: &'a [&'a str]) -> StoreFuture<'a, Vec<ConsentState>> {
+        Box::pin(async move {
+            let states = self.inner.lookup(p, s).await;
+            if self.first.swap(false, Ordering::SeqCst) {
+                self.read.notify_one();
+                self.release.notified().await;
+            }
+            states
+        })
+    }
+    fn history<'a>(&'a self, s: &'a str) -> StoreFuture<'a, Vec<ConsentEvent>> {
+        self.inner.history(s)
+    }
+    fn erase<'a>(&'a self, s: &'a str, r: &'a ErasureRecord) -> StoreFuture<'a, ErasureRecord> {
+        self.inner.erase(s, r)
+    }
+    fn erasures<'a>(&'a self, p: &'a str) -> StoreFuture<'a, Vec<ErasureRecord>> {
+        self.inner.erasures(p)
+    }
+    fn export_page(&self, a: i64, l: u32) -> StoreFuture<'_, Vec<ExportedEvent>> {
+        self.inner.export_page(a, l)
+    }
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// While a large lookup that read a grant before a withdrawal is being cached, no request made
+/// after the withdrawal returned sees that grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_cached_across_a_withdrawal_never_shows_its_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = quiet_store(&db(&dir)).await;
+    s.append(&[ev("x", "m", EventKind::Granted, now_ms() - HOUR)])
+        .await
+        .unwrap();
+    let store = Arc::new(Gated {
+        inner: s,
+        first: true.into(),
+        read: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let service = ConsentService::new(
+        store.clone(),
+        CacheConfig {
+            lookup_timeout: Duration::from_secs(60),
+            max_subjects: 1_000_000,
+            ..CacheConfig::default()
+        },
+    );
+    let m = purpose("m", LawfulBasis::Consent, false);
+    let mut subjects = vec!["x".to_owned()];
+    subjects.extend((0..100_000).map(|i| format!("other-{i}")));
+    let big = {
+        let (service, m) = (Arc::clone(&service), m.clone());
+        tokio::spawn(async move {
+            let refs: Vec<&str> = subjects.iter().map(String::as_str).collect();
+            service.decide_batch(&m, &refs, false).await[0]
+        })
+    };
+    store.read.notified().await;
+    service
+        .record(&[ev("x", "m", EventKind::Withdrawn, now_ms())])
+        .await
+        .unwrap();
+    store.release.notify_one();
+    let (mut granted, mut asked) = (0usize, 0usize);
+    while !big.is_finished() {
+        asked += 1;
+        if service.decide_batch(&m, &["x"], false).await == [Consent::Granted] {
+            granted += 1;
+        }
+    }
+    assert_eq!(
+        granted, 0,
+        "{granted} of {asked} requests after the withdrawal got the stale grant"
+    );
+}
