@@ -106,7 +106,18 @@ pub enum InvalidEventError {
     /// An expiry only makes sense on a grant.
     #[error("expires_at is only allowed on a granted event, not on {0}")]
     ExpiryNotOnGrant(EventKind),
+    /// The event says it happened (or was recorded) later than now: it would stay the latest
+    /// event and hide every later withdrawal or objection until that time.
+    #[error(
+        "{0} is more than {skew} minutes in the future: events are recorded when they happen (check the sender's clock and time zone)",
+        skew = MAX_CLOCK_SKEW_MS / 60_000
+    )]
+    InTheFuture(&'static str),
 }
+
+/// How far an event's time may be ahead of this gateway's clock (clock skew between the systems
+/// that collect consent and the gateway).
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
 
 impl InvalidEventError {
     /// The field at fault, by its name in the import formats and the admin API.
@@ -115,13 +126,14 @@ impl InvalidEventError {
             Self::EmptySubject => "subject",
             Self::EmptyPurpose | Self::AllPurposesNotOptOut(_) => "purpose",
             Self::ExpiryNotOnGrant(_) => "expires_at",
+            Self::InTheFuture(field) => field,
         }
     }
 }
 
 impl ConsentEvent {
     /// Checks what the store relies on: non-empty ids, `*` only on opt-outs, expiry only on
-    /// grants.
+    /// grants, and no time later than now (give or take [`MAX_CLOCK_SKEW_MS`]).
     pub fn validate(&self) -> Result<(), InvalidEventError> {
         if self.subject.is_empty() {
             return Err(InvalidEventError::EmptySubject);
@@ -134,6 +146,15 @@ impl ConsentEvent {
         }
         if self.expires_at_ms.is_some() && self.kind != EventKind::Granted {
             return Err(InvalidEventError::ExpiryNotOnGrant(self.kind));
+        }
+        // FAIL-CLOSED: the latest event decides, so one dated ahead would outlive every
+        // withdrawal recorded before its time comes.
+        let latest_allowed = now_ms().saturating_add(MAX_CLOCK_SKEW_MS);
+        if self.at_ms > latest_allowed {
+            return Err(InvalidEventError::InTheFuture("at"));
+        }
+        if self.recorded_at_ms.is_some_and(|r| r > latest_allowed) {
+            return Err(InvalidEventError::InTheFuture("recorded_at"));
         }
         Ok(())
     }

@@ -827,3 +827,47 @@ async fn the_openapi_document_is_served_and_matches_the_routes() {
     let rsp = gw.admin(Method::PUT, "/v1/consent/events").send().await;
     assert_problem(&rsp, 405, "method_not_allowed", None);
 }
+
+/// An event dated ahead of the gateway's clock would stay the latest one and hide every later
+/// withdrawal: it is refused, naming the field, through events and imports alike; a
+/// withdrawal then applies to the next request.
+#[tokio::test]
+async fn an_event_dated_in_the_future_is_refused() {
+    use consentry::consent::event::{format_rfc3339_ms, now_ms};
+    let up = Upstream::replying(Reply::json(&contact("1"))).await;
+    let gw = gateway(&up).admin().start().await;
+    let ahead = format_rfc3339_ms(now_ms() + 2 * 3_600_000);
+    let rsp = gw
+        .admin(Method::POST, "/v1/consent/events")
+        .json(&json!({"subject": "1", "purpose": "marketing", "kind": "granted", "at": ahead}))
+        .send()
+        .await;
+    assert_problem(&rsp, 400, "invalid_field", Some("at"));
+    let line = json!({"subject": "1", "purpose": "marketing", "kind": "granted",
+        "recorded_at": ahead});
+    let rsp = gw
+        .admin(Method::POST, "/v1/consent/import")
+        .header("content-type", "application/x-ndjson")
+        .body(format!("{line}\n"))
+        .send()
+        .await;
+    rsp.assert_refused(400, "invalid_import");
+    assert_eq!(rsp.json()["field"], "recorded_at");
+    assert!(history(&gw, "1").await.is_empty());
+    // A few seconds of skew are fine; the withdrawal after it wins.
+    let soon = format_rfc3339_ms(now_ms() + 2_000);
+    record(
+        &gw,
+        json!({"subject": "1", "purpose": "marketing", "kind": "granted", "at": soon}),
+    )
+    .await;
+    let get = || gw.get("/crm/v3/objects/contacts/1").purpose("marketing");
+    assert_eq!(get().send().await.ok_json()["id"], "1");
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    record(
+        &gw,
+        json!({"subject": "1", "purpose": "marketing", "kind": "withdrawn"}),
+    )
+    .await;
+    get().send().await.assert_refused(403, "no_lawful_basis");
+}
