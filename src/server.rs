@@ -83,6 +83,7 @@ pub async fn serve_http<M, S, B>(
     let builder = Arc::new(builder);
     let header_timeout = Duration::from_millis(config.timeouts.client_header_ms);
     let idle_timeout = Duration::from_millis(config.timeouts.idle_ms.max(1));
+    let drain_timeout = Duration::from_millis(config.timeouts.shutdown_ms);
     let (closing_tx, closing) = watch::channel(false);
     let connections = TaskTracker::new();
     let epoch = tokio::time::Instant::now();
@@ -125,10 +126,14 @@ pub async fn serve_http<M, S, B>(
                 last_request.store(millis_since(epoch), std::sync::atomic::Ordering::Relaxed);
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
-                let mut shutting_down = false;
+                // Set once a graceful close began (idle, or the listener draining): the
+                // connection then has this long to finish, after which it is dropped, so that a
+                // client that stops reading cannot hold its slot for ever.
+                let mut hard_stop: Option<tokio::time::Instant> = None;
                 loop {
                     let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
                     let idle_at = epoch + Duration::from_millis(last) + idle_timeout;
+                    let stop_at = hard_stop.unwrap_or(idle_at);
                     tokio::select! {
                         result = conn.as_mut() => {
                             if let Err(e) = result {
@@ -136,21 +141,26 @@ pub async fn serve_http<M, S, B>(
                             }
                             break;
                         }
-                        _ = closing.changed(), if !shutting_down => {
+                        _ = closing.changed(), if hard_stop.is_none() => {
                             conn.as_mut().graceful_shutdown();
-                            shutting_down = true;
+                            hard_stop = Some(tokio::time::Instant::now() + drain_timeout);
                         }
-                        () = tokio::time::sleep_until(idle_at), if !shutting_down => {
+                        () = tokio::time::sleep_until(idle_at), if hard_stop.is_none() => {
                             // No request started for the idle timeout (an HTTP/2 peer that
-                            // answers pings, or a quiet keep-alive client): close gracefully,
-                            // which lets a response still streaming finish.
+                            // answers pings, a quiet keep-alive client, or one that stopped
+                            // reading its responses): close gracefully, which lets a response
+                            // still streaming finish within the idle timeout again.
                             let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
                             if epoch + Duration::from_millis(last) + idle_timeout
                                 <= tokio::time::Instant::now()
                             {
                                 conn.as_mut().graceful_shutdown();
-                                shutting_down = true;
+                                hard_stop = Some(tokio::time::Instant::now() + idle_timeout);
                             }
+                        }
+                        () = tokio::time::sleep_until(stop_at), if hard_stop.is_some() => {
+                            tracing::debug!("connection did not finish after a graceful close: dropped");
+                            break;
                         }
                     }
                 }
@@ -181,12 +191,23 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn sniff(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; PREFACE.len()];
     tokio::time::timeout(limit, async {
+        // Peeking at bytes already buffered returns at once, so a client that stops part way
+        // through the preface is polled, with a growing pause: thousands of such clients must
+        // not keep the workers busy.
+        let mut pause = Duration::from_millis(2);
+        let mut seen = 0;
         loop {
             match stream.peek(&mut buf).await {
                 Ok(0) | Err(_) => return false,
                 Ok(n) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
-                // Part of the preface: peeking again returns at once, so wait a little.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Ok(n) => {
+                    if n > seen {
+                        seen = n;
+                        pause = Duration::from_millis(2);
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
             }
         }
     })

@@ -1716,3 +1716,41 @@ async fn long_strings_are_bounded_by_the_record_limit() {
         assert!(!rsp.text().contains("SECRET-MARKER"));
     }
 }
+
+/// Clients that stop reading their responses (here: many pipelined requests, never read) are
+/// dropped once idle, graceful close included, so they cannot hold every connection slot: the
+/// admin API keeps answering.
+#[tokio::test]
+async fn clients_that_never_read_do_not_hold_the_slots_for_ever() {
+    let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
+    let gw = gateway(&up)
+        .admin()
+        .config(|c| {
+            c.timeouts.client_header_ms = 300;
+            c.timeouts.idle_ms = 300;
+        })
+        .start()
+        .await;
+    let addr = gw.admin_addr.unwrap();
+    let pipelined = "GET /openapi.json HTTP/1.1\r\nHost: a\r\n\r\n".repeat(400);
+    let mut stalled = Vec::new();
+    // The admin listener's connection cap.
+    for _ in 0..64 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(pipelined.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(
+        answered.is_ok() && raw_status(&out) == 200,
+        "the admin API does not answer: {} bytes",
+        out.len()
+    );
+    drop(stalled);
+}
