@@ -117,7 +117,13 @@ pub struct SubjectExport {
 pub struct ConsentRecords {
     service: Arc<ConsentService>,
     erasure_key: ErasureKey,
+    /// The last store check and when it ran: probes within [`HEALTH_TTL`] share it.
+    health: Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
 }
+
+/// How long one store check answers health probes. Probes are unauthenticated: without this a
+/// flood of them would take the store connections that consent lookups need.
+pub const HEALTH_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for ConsentRecords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +138,7 @@ impl ConsentRecords {
         Self {
             service,
             erasure_key,
+            health: Arc::default(),
         }
     }
 
@@ -222,6 +229,26 @@ impl ConsentRecords {
             .export_page(i64::MAX, 1)
             .await
             .map(drop)
+    }
+
+    /// Whether the store answers, checked at most once per [`HEALTH_TTL`] however many ask
+    /// (concurrent callers wait for the one check in flight).
+    pub async fn store_reachable(&self) -> bool {
+        let mut last = self.health.lock().await;
+        if let Some((at, ok)) = *last
+            && at.elapsed() < HEALTH_TTL
+        {
+            return ok;
+        }
+        let ok = match self.check_store().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "health check: the consent store does not answer");
+                false
+            }
+        };
+        *last = Some((std::time::Instant::now(), ok));
+        ok
     }
 
     /// Everything held about `subject`.

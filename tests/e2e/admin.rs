@@ -766,7 +766,15 @@ async fn a_store_that_fails_is_503_and_unhealthy() {
         json!({"status": "ok", "store": "reachable"})
     );
     gw.gateway.consent.store().close().await;
-    let health = gw.admin_call(Method::GET, "/healthz").send().await;
+    // One check answers the probes of a second (see `a_flood_of_health_probes_...`).
+    let started = std::time::Instant::now();
+    let health = loop {
+        let health = gw.admin_call(Method::GET, "/healthz").send().await;
+        if health.status != 200 || started.elapsed() > Duration::from_secs(3) {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(health.status, 503);
     assert_eq!(health.json()["store"], "unreachable");
     let rsp = gw
@@ -870,4 +878,66 @@ async fn an_event_dated_in_the_future_is_refused() {
     )
     .await;
     get().send().await.assert_refused(403, "no_lawful_basis");
+}
+
+/// Health probes need no token, so a flood of them must not take the store connections that
+/// consent lookups need: one store check answers all the probes of a second. On PostgreSQL
+/// (where the flood starved the pool before), and on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_health_probes_does_not_starve_consent_lookups() {
+    if let Some(schema) = crate::support::postgres::PgSchema::create("health_flood").await {
+        health_flood(Some(&schema.url())).await;
+    }
+    health_flood(None).await;
+}
+
+async fn health_flood(postgres: Option<&str>) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let up = Upstream::replying(Reply::json(&contact("1"))).await;
+    let mut builder = gateway(&up).admin();
+    if let Some(url) = postgres {
+        builder = builder.postgres(url);
+    }
+    let gw = builder.start().await;
+    gw.grant("1", "marketing").await;
+    let addr = gw.admin_addr.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        for _ in 0..200 {
+            let (client, stop) = (client.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let uri: http::Uri = format!("http://{addr}/healthz").parse().unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = client.get(uri.clone()).await;
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A cold lookup (the grant above emptied the subject's cache entry) during the flood.
+    let rsp = gw
+        .get("/crm/v3/objects/contacts/1")
+        .purpose("marketing")
+        .send()
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    assert_eq!(
+        rsp.status,
+        200,
+        "a granted subject was refused: {}",
+        rsp.text()
+    );
 }
