@@ -76,10 +76,14 @@ impl ErasureKey {
                 let mut key = vec![0u8; KEY_BYTES];
                 getrandom::fill(&mut key).map_err(|e| ErasureKeyError::Random(e.to_string()))?;
                 write_new_secret(path, &key).map_err(io)?;
-                // Another process may have won the race to create it: use what is on disk.
+                // Another process may have won the race to create it: use what is on disk,
+                // which is always a whole key.
                 match std::fs::read(path) {
                     Ok(bytes) if bytes.len() >= MIN_KEY_BYTES => Ok(Self(bytes)),
-                    Ok(_) => Ok(Self(key)),
+                    Ok(bytes) => Err(ErasureKeyError::TooShort {
+                        path: path.display().to_string(),
+                        len: bytes.len(),
+                    }),
                     Err(e) => Err(io(e)),
                 }
             }
@@ -98,7 +102,10 @@ impl ErasureKey {
     }
 }
 
-/// Creates `path` with `bytes`, readable by its owner only; fails if it exists.
+/// Creates `path` with `bytes`, readable by its owner only, unless it exists. The key is
+/// written and synced under a temporary name first, then linked into place (a link never
+/// replaces a file): a process that starts at the same moment sees either no file or the
+/// whole key, never a part of it.
 fn write_new_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -108,14 +115,21 @@ fn write_new_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    match options.open(path) {
-        Ok(mut f) => {
-            f.write_all(bytes)?;
-            f.sync_all()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
+    let mut unique = [0u8; 8];
+    getrandom::fill(&mut unique).map_err(std::io::Error::other)?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.tmp", hex::encode(unique)));
+    let tmp = std::path::PathBuf::from(name);
+    let mut file = options.open(&tmp)?;
+    let linked = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        });
+    let _ = std::fs::remove_file(&tmp);
+    linked
 }
 
 #[cfg(test)]
@@ -146,6 +160,24 @@ mod tests {
         }
         let other = ErasureKey::from_bytes(&[7u8; 32]);
         assert_ne!(other.pseudonym("42"), a.pseudonym("42"));
+    }
+
+    #[test]
+    fn processes_starting_at_once_agree_on_one_whole_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("erasure.key");
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| ErasureKey::load_or_create(&path).unwrap().pseudonym("7")))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+            assert_eq!(std::fs::read(&path).unwrap().len(), 32);
+            // No temporary file is left behind.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
     }
 
     #[test]
