@@ -90,6 +90,25 @@ END;
 PRAGMA user_version = 2;
 ";
 
+/// How often emptying the write-ahead log is retried after an erasure it could not finish.
+const LOG_RETRY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the whole write-ahead log into the database file and truncates it; `false` when
+/// a reader kept it from finishing (or it failed).
+async fn empty_log(pool: &SqlitePool) -> bool {
+    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(pool)
+        .await
+    {
+        Ok((0, _, _)) => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint after an erasure failed");
+            false
+        }
+    }
+}
+
 /// Most events in one export page.
 const MAX_EXPORT_PAGE: u32 = 10_000;
 
@@ -125,6 +144,8 @@ pub struct SqliteStore {
     own_rows: Arc<Mutex<i64>>,
     /// The change feed and the task that drives it, when watching.
     changes: Option<(watch::Receiver<u64>, JoinHandle<()>)>,
+    /// Set while a task retries emptying the write-ahead log after an erasure.
+    log_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -192,6 +213,7 @@ impl SqliteStore {
             pool,
             own_rows,
             changes,
+            log_pending: Arc::default(),
         })
     }
 
@@ -311,20 +333,34 @@ impl SqliteStore {
         *own += 1;
         drop(own);
         // The write-ahead log still holds the pages as they were before the erasure: move
-        // everything into the database file and empty the log. Best effort: a reader holding
-        // an old snapshot makes it partial, and the next checkpoint finishes the job.
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.pool)
-            .await
-        {
-            Ok((0, _, _)) => {}
-            Ok(_) => tracing::warn!(
-                "erasure committed, but readers kept the write-ahead log from being emptied; \
-                 the next checkpoint removes the erased pages from it"
-            ),
-            Err(e) => tracing::warn!(error = %e, "erasure committed, checkpoint failed"),
+        // everything into the database file and empty the log. A reader holding an old
+        // snapshot can keep it from finishing: then a task retries until it does.
+        if !empty_log(&self.pool).await {
+            self.empty_log_later();
         }
         Ok(stored)
+    }
+
+    /// Retries emptying the write-ahead log every [`LOG_RETRY`] until it succeeds (one task at
+    /// a time), so that erased pages do not stay in it.
+    fn empty_log_later(&self) {
+        use std::sync::atomic::Ordering;
+        if self.log_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(
+            "erasure committed, but a reader kept the write-ahead log from being emptied: retrying"
+        );
+        let (pool, pending) = (self.pool.clone(), Arc::clone(&self.log_pending));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOG_RETRY).await;
+                if pool.is_closed() || empty_log(&pool).await {
+                    break;
+                }
+            }
+            pending.store(false, Ordering::Release);
+        });
     }
 
     async fn erasure_records(&self, pseudonym: &str) -> Result<Vec<ErasureRecord>, StoreError> {

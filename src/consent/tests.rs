@@ -908,3 +908,56 @@ async fn a_lookup_cached_across_a_withdrawal_never_shows_its_grant() {
         "{granted} of {asked} requests after the withdrawal got the stale grant"
     );
 }
+
+/// A reader that holds an old snapshot during an erasure keeps the write-ahead log from being
+/// emptied at once; once it is gone, the log is emptied without waiting for another erasure.
+#[tokio::test]
+async fn erased_bytes_leave_the_log_once_a_blocking_reader_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    let s = Arc::new(
+        SqliteStore::open_with(
+            &path,
+            SqliteStoreOptions {
+                watch_interval: None,
+                busy_timeout: Duration::from_millis(200),
+                ..SqliteStoreOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let mut e = ev("subject-zq81-erased", "m", EventKind::Granted, 10);
+    e.proof = Some("proof-zq81".into());
+    s.append(&[e]).await.unwrap();
+    let in_wal = |n: &str| {
+        std::fs::read(format!("{}-wal", path.display()))
+            .map(|b| b.windows(n.len()).any(|w| w == n.as_bytes()))
+            .unwrap_or(false)
+    };
+    assert!(in_wal("zq81"));
+    let mut reader = raw(&path).await;
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM consent_events;")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let record = ErasureRecord {
+        subject_pseudonym: "p".repeat(64),
+        at_ms: 20,
+        actor: None,
+        request_ref: None,
+        events_removed: 0,
+    };
+    s.erase("subject-zq81-erased", &record).await.unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();
+    drop(reader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while in_wal("zq81") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erased subject's id and proof are still in consent.db-wal"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.history("subject-zq81-erased").await.unwrap(), []);
+}
