@@ -397,7 +397,13 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        // The error's first line names the line, the column and what is wrong; the lines after
+        // it quote the file, which may hold a database password or a token: never shown.
+        serde_saphyr::from_str(text).map_err(|e| {
+            let full = e.to_string();
+            let first = full.lines().next().unwrap_or_default();
+            first.strip_prefix("error: ").unwrap_or(first).to_owned()
+        })
     }
 
     /// Checks values that parse but cannot work.

@@ -22,12 +22,21 @@ impl std::str::FromStr for AdminSecret {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        // clap quotes a value it refuses: never a secret. Short tokens are refused by
+        // `ServeArgs::config`, without the value.
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl AdminSecret {
+    /// Refuses a token too short to be a random secret; the message does not hold it.
+    fn check(&self) -> Result<(), String> {
+        if self.0.chars().count() < MIN_ADMIN_TOKEN_CHARS {
             return Err(format!(
                 "an admin token needs at least {MIN_ADMIN_TOKEN_CHARS} characters of a random secret (openssl rand -hex 32)"
             ));
         }
-        Ok(Self(s.to_owned()))
+        Ok(())
     }
 }
 
@@ -213,6 +222,9 @@ impl ServeArgs {
         if let Some(v) = self.admin_listen {
             c.admin.listen = Some(v);
         }
+        if let Some(token) = &self.admin_token {
+            token.check().map_err(anyhow::Error::msg)?;
+        }
         if let Some(AdminSecret(secret)) = &self.admin_token {
             // The clear text stays in these arguments, which `run` drops once the
             // configuration is built; only the digest goes on.
@@ -388,8 +400,16 @@ mod tests {
             Some(&AdminToken::from_secret("env", "0123456789abcdef-flag"))
         );
         assert!(!format!("{c:?}").contains("0123456789abcdef-flag"));
-        // A short token is refused before it is used.
-        assert!(Wrapper::try_parse_from(["x", "--admin-token", "short"]).is_err());
+        // A short token is refused before it is used, and the refusal does not quote it.
+        let err = Wrapper::parse_from(["x", "--admin-token", "Sh0rtS3cret"])
+            .args
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("at least 16") && !err.contains("Sh0rtS3cret"),
+            "{err}"
+        );
         // An admin listener without a token does not start.
         let err = Wrapper::parse_from(["x", "--admin-listen", "127.0.0.1:8081"])
             .args
@@ -415,6 +435,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("token"), "{err}");
+    }
+
+    #[test]
+    fn a_configuration_error_does_not_quote_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("consentry.yaml");
+        std::fs::write(
+            &file,
+            "consent:\n  postgres:\n    url: postgres://gw:s3cr3t-pw@db/consent\n    max_connections: lots\n",
+        )
+        .unwrap();
+        let w = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]);
+        let err = w.args.config().unwrap_err().to_string();
+        assert!(err.contains("line 4 column 22"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
     }
 
     #[test]
