@@ -21,8 +21,8 @@ use axum::routing::{MethodFilter, MethodRouter};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use utoipa::openapi::path::HttpMethod;
 
-use crate::consent::event::{ImportDefaults, csv_header_line, now_ms};
-use crate::consent::requests::{ConsentRecords, Format};
+use crate::consent::event::{ImportDefaults, now_ms};
+use crate::consent::requests::{ConsentRecords, EXPORT_PAGE, Format};
 use crate::consent::store::{ExportedEvent, StoreError};
 
 use super::Admin;
@@ -33,9 +33,6 @@ use super::model::{
     SubjectExportView,
 };
 use super::problem::{Problem, ProblemBody, json_problem};
-
-/// Events per page of a full export: the export holds one page in memory at a time.
-const EXPORT_PAGE: u32 = 1000;
 
 /// The rate-limit key of requests that present no valid token (names cannot hold a NUL).
 const ANONYMOUS: &str = "\0anonymous";
@@ -479,10 +476,7 @@ pub async fn export_events(
     let pages = Pages {
         records,
         format,
-        prefix: match format {
-            Format::Csv => csv_header_line(),
-            Format::Jsonl => String::new(),
-        },
+        prefix: format.header(),
         next: Some(first),
         after: 0,
         done: false,
@@ -539,10 +533,7 @@ impl Pages {
             Some(last) => self.after = last.seq,
         }
         for e in &page {
-            out.push_str(&match self.format {
-                Format::Csv => e.event.to_csv_line(),
-                Format::Jsonl => e.event.to_json_line(),
-            });
+            out.push_str(&self.format.line(&e.event));
         }
         if out.is_empty() {
             return Ok(None);

@@ -288,29 +288,22 @@ async fn state(records: &ConsentRecords, subject: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Events per page of `export-all`: memory holds one page at a time.
-const EXPORT_PAGE: u32 = 1000;
-
 async fn export_all(records: &ConsentRecords, format: ImportFormat) -> anyhow::Result<()> {
     use std::io::Write;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if format == ImportFormat::Csv {
-        out.write_all(crate::consent::event::csv_header_line().as_bytes())?;
-    }
+    out.write_all(format.header().as_bytes())?;
     let mut after = 0;
     loop {
-        let page = records.export_page(after, EXPORT_PAGE).await?;
+        let page = records
+            .export_page(after, crate::consent::requests::EXPORT_PAGE)
+            .await?;
         let Some(last) = page.last() else {
             break;
         };
         after = last.seq;
         for e in &page {
-            let line = match format {
-                ImportFormat::Csv => e.event.to_csv_line(),
-                ImportFormat::Jsonl => e.event.to_json_line(),
-            };
-            out.write_all(line.as_bytes())?;
+            out.write_all(format.line(&e.event).as_bytes())?;
         }
     }
     out.flush()?;

@@ -37,7 +37,27 @@ impl Format {
             _ => None,
         }
     }
+
+    /// What an export in this format starts with: the CSV header line, or nothing.
+    pub fn header(self) -> String {
+        match self {
+            Self::Csv => super::event::csv_header_line(),
+            Self::Jsonl => String::new(),
+        }
+    }
+
+    /// One event as a line of this format (with its line end); it imports back unchanged.
+    pub fn line(self, event: &ConsentEvent) -> String {
+        match self {
+            Self::Csv => event.to_csv_line(),
+            Self::Jsonl => event.to_json_line(),
+        }
+    }
 }
+
+/// Events per page of a full export (the admin API's and the CLI's): memory holds one page at a
+/// time.
+pub const EXPORT_PAGE: u32 = 1000;
 
 /// An import that wrote nothing.
 #[derive(Debug, thiserror::Error)]
