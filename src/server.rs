@@ -47,6 +47,32 @@ pub async fn run(
     .await;
 }
 
+/// Serves the proxy on `listener` and, when given, the admin API on its own listener, until
+/// `shutdown` resolves; each then drains its own requests.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    admin: Option<(TcpListener, crate::admin::Admin)>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop, stopped) = watch::channel(false);
+    let stopping = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    let proxy = run(listener, gateway, config, until_stopped(stopped.clone()));
+    let admin = async {
+        if let Some((listener, admin)) = admin {
+            crate::admin::serve(listener, admin, config, until_stopped(stopped)).await;
+        }
+    };
+    tokio::join!(stopping, proxy, admin);
+}
+
 /// Serves `listener` with the service `service(peer)` makes for each connection, at most
 /// `max_connections` at once, until `shutdown` resolves; then waits up to the configured grace
 /// period for requests in flight.

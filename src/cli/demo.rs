@@ -327,18 +327,13 @@ Stop with Ctrl-C.
             crm: args.crm,
         });
     }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let stopping = async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    };
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stopped| *stopped).await;
-    };
-    tokio::join!(
-        stopping,
-        crate::server::run(listener, gateway, &config, until_stopped(stopped.clone())),
-        crate::admin::serve(admin_listener, admin, &config, until_stopped(stopped)),
-    );
+    crate::server::run_with_admin(
+        listener,
+        gateway,
+        Some((admin_listener, admin)),
+        &config,
+        shutdown,
+    )
+    .await;
     Ok(())
 }

@@ -302,21 +302,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.policies.clone(),
     ));
     // One signal stops both listeners; each drains its own requests.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        crate::server::signal().await;
-        let _ = stop.send(true);
-    });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stopped| *stopped).await;
-    };
-    let proxy = crate::server::run(listener, gateway, &config, until_stopped(stopped.clone()));
-    let admin = async {
-        if let Some((listener, admin)) = admin {
-            crate::admin::serve(listener, admin, &config, until_stopped(stopped)).await;
-        }
-    };
-    tokio::join!(proxy, admin);
+    crate::server::run_with_admin(listener, gateway, admin, &config, crate::server::signal()).await;
     Ok(())
 }
 
