@@ -66,6 +66,16 @@ pub struct Counts {
     pub omitted: u32,
 }
 
+impl Counts {
+    /// Records decided, whatever the outcome.
+    pub fn records(&self) -> usize {
+        [self.kept, self.reduced, self.omitted]
+            .into_iter()
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+            .fold(0, usize::saturating_add)
+    }
+}
+
 /// A record waiting for its subject's decision. Its raw bytes stay in the framer's buffer
 /// (which is not compacted before the batch is resolved) and its output, written with the
 /// purpose's view while it was validated, waits in `pending_out`.
@@ -94,8 +104,6 @@ pub struct Redactor {
     single: bool,
     levels: Vec<Level>,
     first_record: bool,
-    /// Records taken so far (against `limits.max_records`).
-    records_seen: usize,
     pending: Vec<Pending>,
     /// Subject ids of the pending records, end to end.
     subjects: String,
@@ -133,7 +141,6 @@ impl Redactor {
             single,
             levels: Vec::new(),
             first_record: true,
-            records_seen: 0,
             pending: Vec::new(),
             subjects: String::new(),
             pending_out: Vec::new(),
@@ -387,8 +394,8 @@ impl Redactor {
                 id
             }
         };
-        self.records_seen += 1;
-        if self.records_seen > self.limits.max_records {
+        // Records taken so far: those decided, and those waiting for their decision.
+        if self.counts.records() + self.pending.len() >= self.limits.max_records {
             return Err(RedactError::TooManyRecords);
         }
         let from = self.subjects.len();
