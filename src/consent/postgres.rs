@@ -34,7 +34,6 @@
 //! listening connection by the next one, that connection counts as lost. Heartbeats do not bump
 //! the feed.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -43,10 +42,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::event::{ALL_PURPOSES, ConsentEvent, EventKind, now_ms};
+use super::event::{ConsentEvent, EventKind, now_ms};
 use super::store::{
-    ConsentState, ConsentStore, ErasureRecord, EventOrder, ExportedEvent, LatestEvent, StoreError,
-    StoreFuture,
+    ConsentState, ConsentStore, ErasureRecord, EventOrder, ExportedEvent, LatestEvent,
+    LookupAnswer, StoreError, StoreFuture,
 };
 
 /// Most subjects bound in one lookup statement (one array parameter; the bound keeps each
@@ -304,7 +303,7 @@ impl PostgresStore {
         purpose: &str,
         subjects: &[&str],
     ) -> Result<Vec<ConsentState>, StoreError> {
-        let mut found: HashMap<String, ConsentState> = HashMap::with_capacity(subjects.len());
+        let mut answer = LookupAnswer::new(purpose, subjects.len());
         for chunk in subjects.chunks(LOOKUP_CHUNK) {
             // The latest event per (subject, purpose) for the purpose and the `*` opt-outs. Ties
             // of `at_ms` go to the later row.
@@ -321,22 +320,11 @@ impl PostgresStore {
             .fetch_all(&self.pool)
             .await?;
             for row in rows {
-                let subject: String = row.try_get("subject")?;
                 let row_purpose: String = row.try_get("purpose")?;
-                let latest = latest_event(&row)?;
-                let state = found.entry(subject).or_default();
-                if row_purpose == purpose {
-                    state.latest = Some(latest);
-                }
-                if row_purpose == ALL_PURPOSES && latest.kind == EventKind::OptedOut {
-                    state.opted_out_all = Some(latest.order);
-                }
+                answer.add(row.try_get("subject")?, &row_purpose, latest_event(&row)?);
             }
         }
-        Ok(subjects
-            .iter()
-            .map(|s| found.get(*s).copied().unwrap_or_default())
-            .collect())
+        Ok(answer.in_order(subjects))
     }
 
     async fn subject_history(&self, subject: &str) -> Result<Vec<ConsentEvent>, StoreError> {

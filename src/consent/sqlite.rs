@@ -8,7 +8,6 @@
 //! which the triggers admit for the one subject being erased), and never decide anything from
 //! what it reads.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +20,10 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqliteConnection};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use super::event::{ALL_PURPOSES, ConsentEvent, EventKind, now_ms};
+use super::event::{ConsentEvent, EventKind, now_ms};
 use super::store::{
-    ConsentState, ConsentStore, ErasureRecord, EventOrder, ExportedEvent, LatestEvent, StoreError,
-    StoreFuture,
+    ConsentState, ConsentStore, ErasureRecord, EventOrder, ExportedEvent, LatestEvent,
+    LookupAnswer, StoreError, StoreFuture,
 };
 
 /// Most subjects bound in one lookup statement (SQLite allows 32,766 parameters; smaller
@@ -277,29 +276,18 @@ impl SqliteStore {
         purpose: &str,
         subjects: &[&str],
     ) -> Result<Vec<ConsentState>, StoreError> {
-        let mut found: HashMap<String, ConsentState> = HashMap::with_capacity(subjects.len());
+        let mut answer = LookupAnswer::new(purpose, subjects.len());
         for chunk in subjects.chunks(LOOKUP_CHUNK) {
             let mut query = sqlx::query(AssertSqlSafe(lookup_sql(chunk.len()))).bind(purpose);
             for s in chunk {
                 query = query.bind(*s);
             }
             for row in query.fetch_all(&self.pool).await? {
-                let subject: String = row.try_get("subject")?;
                 let row_purpose: String = row.try_get("purpose")?;
-                let latest = latest_event(&row)?;
-                let state = found.entry(subject).or_default();
-                if row_purpose == purpose {
-                    state.latest = Some(latest);
-                }
-                if row_purpose == ALL_PURPOSES && latest.kind == EventKind::OptedOut {
-                    state.opted_out_all = Some(latest.order);
-                }
+                answer.add(row.try_get("subject")?, &row_purpose, latest_event(&row)?);
             }
         }
-        Ok(subjects
-            .iter()
-            .map(|s| found.get(*s).copied().unwrap_or_default())
-            .collect())
+        Ok(answer.in_order(subjects))
     }
 
     async fn subject_history(&self, subject: &str) -> Result<Vec<ConsentEvent>, StoreError> {

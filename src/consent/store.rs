@@ -81,6 +81,46 @@ pub struct ExportedEvent {
     pub event: ConsentEvent,
 }
 
+/// The answer of a batched lookup, built from the rows a store read: for each subject, the
+/// latest event for the purpose and the latest `*` opt-out. Every store reads its rows its own
+/// way and combines them here, the same way.
+#[derive(Debug)]
+pub(crate) struct LookupAnswer<'p> {
+    purpose: &'p str,
+    found: std::collections::HashMap<String, ConsentState>,
+}
+
+impl<'p> LookupAnswer<'p> {
+    /// An empty answer for a lookup of `purpose` for up to `subjects` subjects.
+    pub(crate) fn new(purpose: &'p str, subjects: usize) -> Self {
+        Self {
+            purpose,
+            found: std::collections::HashMap::with_capacity(subjects),
+        }
+    }
+
+    /// One row: the latest event of `subject` for `row_purpose` (the purpose looked up, or
+    /// `*`).
+    pub(crate) fn add(&mut self, subject: String, row_purpose: &str, latest: LatestEvent) {
+        let state = self.found.entry(subject).or_default();
+        if row_purpose == self.purpose {
+            state.latest = Some(latest);
+        }
+        if row_purpose == super::event::ALL_PURPOSES && latest.kind == EventKind::OptedOut {
+            state.opted_out_all = Some(latest.order);
+        }
+    }
+
+    /// The states in the order of `subjects` (a repeated subject gets a copy; one without rows,
+    /// the empty state).
+    pub(crate) fn in_order(&self, subjects: &[&str]) -> Vec<ConsentState> {
+        subjects
+            .iter()
+            .map(|s| self.found.get(*s).copied().unwrap_or_default())
+            .collect()
+    }
+}
+
 /// A store that could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
