@@ -243,7 +243,7 @@ impl ConsentRecords {
     }
 
     /// Whether the store answers a query (the smallest one there is: an empty export page).
-    pub async fn check_store(&self) -> Result<(), StoreError> {
+    async fn check_store(&self) -> Result<(), StoreError> {
         self.service
             .store()
             .export_page(i64::MAX, 1)
