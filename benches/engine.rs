@@ -7,6 +7,10 @@
 //! `marketing`; consent is granted for every id not divisible by 4, as in the load benchmark.
 //!
 //! Run: `cargo bench --bench engine` (briefly: `-- --warm-up-time 1 --measurement-time 3`).
+//!
+//! With `ENGINE_ITERATIONS=N` in the environment, the engine instead redacts each body N times
+//! and exits, without timing: a fixed amount of work, for counting instructions under
+//! `valgrind --tool=callgrind` (counts do not move with the machine's load as times do).
 
 #![expect(
     clippy::expect_used,
@@ -177,6 +181,20 @@ fn mask_last4(text: &str) -> String {
 
 fn engine(c: &mut Criterion) {
     let cases = fixtures();
+    if let Some(n) = std::env::var("ENGINE_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        for case in &cases {
+            for _ in 0..n {
+                black_box(
+                    redact_streaming(black_box(case)).expect("the redactor accepts the body"),
+                );
+            }
+            eprintln!("{}: redacted {n} times", case.name);
+        }
+        std::process::exit(0);
+    }
     for case in &cases {
         // Both sides must produce the same document, or the comparison means nothing.
         let ours = redact_streaming(case).expect("the redactor accepts the body");

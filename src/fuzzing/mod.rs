@@ -238,10 +238,8 @@ impl PlanBytes<'_> {
             let key = KEYS[usize::from(self.next().unwrap_or(0)) % KEYS.len()];
             fields.push((key.into(), self.plan(depth)));
         }
-        fields.sort_by(|a, b| a.0.cmp(&b.0));
-        fields.dedup_by(|a, b| a.0 == b.0);
         let others = (head & 0x80 != 0).then(|| Box::new(self.plan(depth)));
-        ObjectPlan { fields, others }
+        ObjectPlan::new(fields, others)
     }
 
     fn record_plan(&mut self) -> ValuePlan {

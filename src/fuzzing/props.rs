@@ -459,16 +459,11 @@ fn transform() -> impl Strategy<Value = Transform> {
 
 /// An object plan over the key pool: fields sorted by name, optional wildcard.
 fn object_plan_of(fields: Vec<(String, ValuePlan)>, others: Option<ValuePlan>) -> ObjectPlan {
-    let mut fields: Vec<(Box<str>, ValuePlan)> = fields
+    let fields = fields
         .into_iter()
         .map(|(k, p)| (k.into_boxed_str(), p))
         .collect();
-    fields.sort_by(|a, b| a.0.cmp(&b.0));
-    fields.dedup_by(|a, b| a.0 == b.0);
-    ObjectPlan {
-        fields,
-        others: others.map(Box::new),
-    }
+    ObjectPlan::new(fields, others.map(Box::new))
 }
 
 fn plan_with(leaves: BoxedStrategy<ValuePlan>) -> BoxedStrategy<ValuePlan> {

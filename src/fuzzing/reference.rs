@@ -323,11 +323,11 @@ pub struct Case {
 /// The plan for a member: exact name first, else the wildcard (a linear search, independent of
 /// the engine's binary search over sorted fields).
 pub fn member_plan<'p>(plan: &'p ObjectPlan, key: &str) -> Option<&'p ValuePlan> {
-    plan.fields
+    plan.fields()
         .iter()
         .find(|(k, _)| **k == *key)
         .map(|(_, p)| p)
-        .or(plan.others.as_deref())
+        .or(plan.others())
 }
 
 fn transform_leaf(t: &Transform, v: &J) -> J {

@@ -202,10 +202,7 @@ impl Node {
             return ValuePlan::Drop;
         }
         // INVARIANT: `fields` comes from a BTreeMap, so it is sorted by name for binary search.
-        ValuePlan::Object(ObjectPlan {
-            fields,
-            others: others.map(Box::new),
-        })
+        ValuePlan::Object(ObjectPlan::new(fields, others.map(Box::new)))
     }
 }
 

@@ -183,13 +183,136 @@ pub enum ValuePlan {
 /// A plan for the members of an object.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObjectPlan {
-    /// Plans per member name (unescaped), sorted by name for binary search.
-    pub fields: Vec<(Box<str>, ValuePlan)>,
+    /// Plans per member name (unescaped), sorted by name, each name once.
+    fields: Vec<(Box<str>, ValuePlan)>,
+    /// The head of each name of `fields`, at the same index.
+    heads: Vec<NameHead>,
+    /// An open-addressing table of the fields by the hash of their heads: indexes into
+    /// `fields`, [`NO_FIELD`] for an empty slot; its length is a power of two, at least twice
+    /// the number of fields. Empty when the fields are too many to index (binary search).
+    slots: Vec<u16>,
     /// Plan for members not named in `fields` (`$.a.*`); `None` drops them.
-    pub others: Option<Box<ValuePlan>>,
+    others: Option<Box<ValuePlan>>,
+}
+
+/// The length of a member name and its first eight bytes (zero-padded, little-endian): most
+/// names differ there, so a lookup compares two words before it compares any bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameHead {
+    len: usize,
+    word: u64,
+}
+
+impl NameHead {
+    /// The head of an unescaped name.
+    #[inline]
+    pub fn of(name: &[u8]) -> Self {
+        let word = match name.first_chunk::<8>() {
+            Some(first) => u64::from_le_bytes(*first),
+            None => {
+                let mut w = [0u8; 8];
+                if let Some(dst) = w.get_mut(..name.len()) {
+                    dst.copy_from_slice(name);
+                }
+                u64::from_le_bytes(w)
+            }
+        };
+        Self {
+            len: name.len(),
+            word,
+        }
+    }
+
+    /// The head of the `len`-byte name at the start of `bytes`, where at least eight bytes
+    /// follow it in `bytes` when it is shorter (the closing quote, a colon, a value): one load.
+    #[inline(always)]
+    pub fn at(bytes: &[u8], len: usize) -> Self {
+        match bytes.first_chunk::<8>() {
+            Some(first) => {
+                let word = u64::from_le_bytes(*first);
+                let word = if len >= 8 {
+                    word
+                } else {
+                    word & ((1u64 << (len * 8)) - 1)
+                };
+                Self { len, word }
+            }
+            None => Self::of(bytes.get(..len).unwrap_or_default()),
+        }
+    }
+
+    /// Where the name's probe starts in a table of `mask + 1` slots.
+    #[inline(always)]
+    fn slot(self, mask: usize) -> usize {
+        let mixed =
+            (self.word ^ (self.len as u64).rotate_right(8)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> 40) as usize & mask
+    }
+
+    /// A cheap fingerprint of the whole name: the head and the last byte.
+    #[inline(always)]
+    pub fn tag(self, last: u8) -> u64 {
+        self.word ^ ((self.len as u64) << 48) ^ (u64::from(last) << 40).rotate_left(7)
+    }
+}
+
+/// An empty slot of an object plan's table.
+const NO_FIELD: u16 = u16::MAX;
+
+/// What an object plan says of a member.
+#[derive(Debug, Clone, Copy)]
+pub enum Member<'p> {
+    /// A name of the plan's fields: its index among them, and its plan.
+    Field(usize, &'p ValuePlan),
+    /// Any other name, under the plan's wildcard.
+    Other(&'p ValuePlan),
+    /// Any other name, without a wildcard: dropped.
+    Unplanned,
 }
 
 impl ObjectPlan {
+    /// A plan with plans per member name (sorted here; of a name given twice, the first
+    /// counts) and one for the other members (`None`: dropped).
+    pub fn new(mut fields: Vec<(Box<str>, ValuePlan)>, others: Option<Box<ValuePlan>>) -> Self {
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        fields.dedup_by(|later, first| later.0 == first.0);
+        let heads: Vec<NameHead> = fields
+            .iter()
+            .map(|(k, _)| NameHead::of(k.as_bytes()))
+            .collect();
+        let mut slots = Vec::new();
+        if heads.len() < usize::from(NO_FIELD) {
+            slots = vec![NO_FIELD; (heads.len() * 2).next_power_of_two().max(4)];
+            let mask = slots.len() - 1;
+            for (index, head) in (0u16..).zip(&heads) {
+                let mut at = head.slot(mask);
+                // INVARIANT: at most half the slots are taken, so a free one is found.
+                while slots.get(at).is_some_and(|&s| s != NO_FIELD) {
+                    at = (at + 1) & mask;
+                }
+                if let Some(slot) = slots.get_mut(at) {
+                    *slot = index;
+                }
+            }
+        }
+        Self {
+            fields,
+            heads,
+            slots,
+            others,
+        }
+    }
+
+    /// Plans per member name, sorted by name.
+    pub fn fields(&self) -> &[(Box<str>, ValuePlan)] {
+        &self.fields
+    }
+
+    /// The plan for the other members; `None` drops them.
+    pub fn others(&self) -> Option<&ValuePlan> {
+        self.others.as_deref()
+    }
+
     /// The plan for a member name (unescaped).
     pub fn member(&self, name: &str) -> Option<&ValuePlan> {
         self.member_bytes(name.as_bytes())
@@ -198,28 +321,47 @@ impl ObjectPlan {
     /// The plan for a member name given as its unescaped UTF-8 bytes.
     #[inline]
     pub fn member_bytes(&self, name: &[u8]) -> Option<&ValuePlan> {
-        // Plans are small: a linear scan comparing lengths first beats a binary search of
-        // string comparisons up to a dozen members.
-        let found = if self.fields.len() <= 12 {
-            self.fields
-                .iter()
-                .find(|(k, _)| {
-                    let k = k.as_bytes();
-                    // Length, first and last byte before the whole: most keys differ early.
-                    k.len() == name.len()
-                        && k.first() == name.first()
-                        && k.last() == name.last()
-                        && k == name
-                })
-                .map(|(_, p)| p)
-        } else {
+        match self.lookup(name, NameHead::of(name)) {
+            Member::Field(_, plan) | Member::Other(plan) => Some(plan),
+            Member::Unplanned => None,
+        }
+    }
+
+    /// What the plan says of the member `name` (unescaped) whose head is `head`.
+    #[inline(always)]
+    pub fn lookup(&self, name: &[u8], head: NameHead) -> Member<'_> {
+        let found = if self.slots.is_empty() {
             self.fields
                 .binary_search_by(|(k, _)| k.as_bytes().cmp(name))
                 .ok()
-                .and_then(|i| self.fields.get(i))
-                .map(|(_, p)| p)
+        } else {
+            // Probe from the head's slot until the name or an empty slot.
+            let mask = self.slots.len() - 1;
+            let mut at = head.slot(mask);
+            loop {
+                let index = match self.slots.get(at) {
+                    Some(&NO_FIELD) | None => break None,
+                    Some(&index) => usize::from(index),
+                };
+                let same = self.heads.get(index) == Some(&head)
+                    && (head.len <= 8
+                        || self
+                            .fields
+                            .get(index)
+                            .is_some_and(|(k, _)| k.as_bytes().get(8..) == name.get(8..)));
+                if same {
+                    break Some(index);
+                }
+                at = (at + 1) & mask;
+            }
         };
-        found.or(self.others.as_deref())
+        match found.and_then(|i| Some((i, &self.fields.get(i)?.1))) {
+            Some((i, plan)) => Member::Field(i, plan),
+            None => match self.others.as_deref() {
+                Some(plan) => Member::Other(plan),
+                None => Member::Unplanned,
+            },
+        }
     }
 }
 

@@ -79,13 +79,8 @@ fn errors(text: &str) -> Vec<&'static str> {
 }
 
 fn obj(fields: Vec<(&str, ValuePlan)>, others: Option<ValuePlan>) -> ValuePlan {
-    let mut fields: Vec<(Box<str>, ValuePlan)> =
-        fields.into_iter().map(|(k, v)| (k.into(), v)).collect();
-    fields.sort_by(|a, b| a.0.cmp(&b.0));
-    ValuePlan::Object(ObjectPlan {
-        fields,
-        others: others.map(Box::new),
-    })
+    let fields = fields.into_iter().map(|(k, v)| (k.into(), v)).collect();
+    ValuePlan::Object(ObjectPlan::new(fields, others.map(Box::new)))
 }
 
 const REPRESENTATIVE: &str = r#"
@@ -232,7 +227,7 @@ fn representative_policy_compiles_to_expected_plans() {
     );
 
     // Envelope and non-personal plans.
-    let ObjectPlan { fields, others } = &marketing.envelope;
+    let (fields, others) = (marketing.envelope.fields(), marketing.envelope.others());
     assert_eq!(
         fields.iter().map(|(k, _)| &**k).collect::<Vec<_>>(),
         ["paging", "total"]
@@ -333,7 +328,7 @@ fn representative_policy_compiles_to_expected_plans() {
 
     // Plans are searchable by member name.
     if let ValuePlan::Object(o) = &support.record {
-        assert!(o.fields.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(o.fields().windows(2).all(|w| w[0].0 < w[1].0));
         assert!(o.member("history").is_some());
         assert!(o.member("nope").is_none());
     }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ops::Range;
 
-use crate::policy::compiled::{ObjectPlan, ValuePlan};
+use crate::policy::compiled::{Member, NameHead, ObjectPlan, ValuePlan};
 
 use super::transform::{self, Scalar};
 
@@ -58,7 +58,7 @@ struct Key {
     start: usize,
     end: usize,
     escaped: bool,
-    /// Length and first and last bytes of the unescaped key: keys whose tags differ differ.
+    /// Head and last byte of the unescaped key: keys whose tags differ differ.
     tag: u64,
 }
 
@@ -218,6 +218,10 @@ impl Scanner {
         }
         let keys_from = self.keys.len();
         let mut set: Option<HashSet<Cow<'i, [u8]>>> = None;
+        // Names of the plan's first 64 fields seen in this object, by index.
+        let mut seen = 0u64;
+        // Kept members not copied yet: a span of the input, its leading comma already written.
+        let mut kept: Option<Range<usize>> = None;
         let mut first_out = true;
         let mut byte = cx.skip_ws()?;
         if byte == b'}' {
@@ -238,31 +242,94 @@ impl Scanner {
             } else {
                 Cow::Borrowed(raw)
             };
-            let key = Key {
-                start: key_start,
-                end: key_start + raw.len(),
-                escaped,
-                tag: tag_of(&name),
-            };
-            let earlier = self.keys.get(keys_from..).unwrap_or_default();
-            if set.is_none()
-                && earlier.len() < PAIRWISE_KEYS
-                && earlier.iter().all(|k| k.tag != key.tag)
-            {
-                // The common case: no earlier key even shares the fingerprint.
+            let head = if escaped {
+                NameHead::of(&name)
             } else {
-                self.check_duplicate(cx.input, key, keys_from, &mut set)?;
+                NameHead::at(cx.input.get(key_start..).unwrap_or_default(), raw.len())
+            };
+            let member = match plan {
+                Some(p) => p.lookup(&name, head),
+                None => Member::Unplanned,
+            };
+            match member {
+                // A name of the plan: its index says whether the object held it before.
+                Member::Field(i, _) if i < 64 => {
+                    let bit = 1u64 << i;
+                    if seen & bit != 0 {
+                        return Err(ScanError::DuplicateKey);
+                    }
+                    seen |= bit;
+                }
+                // Any other name can only repeat another name outside the plan.
+                _ => {
+                    let key = Key {
+                        start: key_start,
+                        end: key_start + raw.len(),
+                        escaped,
+                        tag: head.tag(name.last().copied().unwrap_or_default()),
+                    };
+                    let earlier = self.keys.get(keys_from..).unwrap_or_default();
+                    if set.is_none()
+                        && earlier.len() < PAIRWISE_KEYS
+                        && earlier.iter().all(|k| k.tag != key.tag)
+                    {
+                        // The common case: no earlier key even shares the fingerprint.
+                    } else {
+                        self.check_duplicate(cx.input, key, keys_from, &mut set)?;
+                    }
+                    self.keys.push(key);
+                }
             }
-            self.keys.push(key);
             if cx.skip_ws()? != b':' {
                 return Err(ScanError::Malformed);
             }
+            // The key as written, quotes and colon included, when nothing stands between them.
+            let key_piece = (cx.pos == key_start + raw.len() + 1)
+                .then(|| cx.input.get(key_start - 1..=cx.pos))
+                .flatten();
             cx.pos += 1;
             let member_subject = match subject {
                 Some([head, rest @ ..]) if head.as_bytes() == &*name => Some(rest),
                 _ => None,
             };
-            match plan.and_then(|p| p.member_bytes(&name)) {
+            let member_plan = match member {
+                Member::Field(_, plan) | Member::Other(plan) => Some(plan),
+                Member::Unplanned => None,
+            };
+            // A value copied as it came: any kept value, and a scalar where only scalars are.
+            let whole = match member_plan {
+                Some(ValuePlan::Keep) => true,
+                Some(ValuePlan::KeepScalar) => !matches!(cx.skip_ws()?, b'{' | b'['),
+                _ => false,
+            };
+            match member_plan {
+                _ if whole => {
+                    // Key, colon and value are copied in one piece, as they came.
+                    let byte = cx.skip_ws()?;
+                    let value_start = cx.pos;
+                    self.skip(cx, byte, member_subject, depth + 1)?;
+                    if member_subject.is_some_and(<[Box<str>]>::is_empty) {
+                        cx.subject = Some(value_start..cx.pos);
+                    }
+                    let piece_start = key_start - 1;
+                    match &mut kept {
+                        // Right after the previous kept member and a comma: one copy for both.
+                        Some(run)
+                            if run.end + 1 == piece_start
+                                && cx.input.get(run.end) == Some(&b',') =>
+                        {
+                            run.end = cx.pos;
+                        }
+                        _ => {
+                            copy_kept(&mut kept, cx.input, out)?;
+                            if !first_out {
+                                out.push(b',');
+                            }
+                            kept = Some(piece_start..cx.pos);
+                        }
+                    }
+                    first_out = false;
+                }
                 None | Some(ValuePlan::Drop) => {
                     // Dropped strings, the bulk of most records, are validated in place.
                     if member_subject.is_none() && cx.skip_ws()? == b'"' {
@@ -271,29 +338,20 @@ impl Scanner {
                         self.value(cx, None, member_subject, depth + 1, out)?;
                     }
                 }
-                Some(ValuePlan::Keep) => {
-                    // Key, colon and value are copied in one piece, as they came.
-                    let byte = cx.skip_ws()?;
-                    let value_start = cx.pos;
-                    self.skip(cx, byte, member_subject, depth + 1)?;
-                    if member_subject.is_some_and(<[Box<str>]>::is_empty) {
-                        cx.subject = Some(value_start..cx.pos);
-                    }
-                    if !first_out {
-                        out.push(b',');
-                    }
-                    let piece = cx.input.get(key_start - 1..cx.pos);
-                    out.extend_from_slice(piece.ok_or(ScanError::Malformed)?);
-                    first_out = false;
-                }
                 Some(member) => {
+                    copy_kept(&mut kept, cx.input, out)?;
                     let mark = out.len();
                     if !first_out {
                         out.push(b',');
                     }
-                    out.push(b'"');
-                    out.extend_from_slice(raw);
-                    out.extend_from_slice(b"\":");
+                    match key_piece {
+                        Some(piece) => out.extend_from_slice(piece),
+                        None => {
+                            out.push(b'"');
+                            out.extend_from_slice(raw);
+                            out.extend_from_slice(b"\":");
+                        }
+                    }
                     if self.value(cx, Some(member), member_subject, depth + 1, out)? {
                         first_out = false;
                     } else {
@@ -313,6 +371,7 @@ impl Scanner {
                 _ => return Err(ScanError::Malformed),
             }
         }
+        copy_kept(&mut kept, cx.input, out)?;
         self.keys.truncate(keys_from);
         if plan.is_some() {
             out.push(b'}');
@@ -607,22 +666,17 @@ fn special(w: u64) -> u64 {
     quote | backslash | control
 }
 
-/// A cheap fingerprint of a key: its length and its first and last bytes.
+/// Copies the pending span of kept members, if any, to `out`.
 #[inline(always)]
-fn tag_of(key: &[u8]) -> u64 {
-    let word = match key.get(..8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
-        Some(word) => word,
-        None => {
-            // Built in a register: a copy through memory would stall the load after it.
-            let mut w = 0u64;
-            for (i, b) in key.iter().enumerate() {
-                w |= u64::from(*b) << (i * 8);
-            }
-            w.to_le_bytes()
-        }
-    };
-    let last = key.last().copied().unwrap_or_default();
-    u64::from_le_bytes(word) ^ ((key.len() as u64) << 48) ^ (u64::from(last) << 40).rotate_left(7)
+fn copy_kept(
+    kept: &mut Option<Range<usize>>,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ScanError> {
+    if let Some(run) = kept.take() {
+        out.extend_from_slice(input.get(run).ok_or(ScanError::Malformed)?);
+    }
+    Ok(())
 }
 
 /// True if a validated JSON value holds an object anywhere (a `{` outside strings).

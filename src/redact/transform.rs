@@ -27,7 +27,7 @@ pub fn write(transform: &Transform, value: &Scalar<'_>, out: &mut Vec<u8>) {
         Transform::Null => out.extend_from_slice(b"null"),
         Transform::Constant(json) => out.extend_from_slice(json.as_bytes()),
         Transform::Mask { first, last, with } => match text_of(value) {
-            Some(text) => write_str(&mask(text, *first, *last, *with), out),
+            Some(text) => write_mask(text, *first, *last, *with, out),
             None => out.extend_from_slice(b"null"),
         },
         Transform::Hash { key } => match text_of(value) {
@@ -60,9 +60,43 @@ fn text_of<'a>(value: &'a Scalar<'_>) -> Option<&'a str> {
 pub fn write_str(text: &str, out: &mut Vec<u8>) {
     out.reserve(text.len() + 2);
     out.push(b'"');
+    write_str_contents(text, out);
+    out.push(b'"');
+}
+
+/// Writes `text` masked as [`mask`] does, as a JSON string, without building the masked text
+/// when it and `with` are ASCII (one byte per character).
+fn write_mask(text: &str, first: usize, last: usize, with: char, out: &mut Vec<u8>) {
+    let len = text.len();
+    if !(text.is_ascii() && with.is_ascii()) || len <= first.saturating_add(last) {
+        return write_str(&mask(text, first, last, with), out);
+    }
+    let (Some(head), Some(tail)) = (text.get(..first), text.get(len - last..)) else {
+        return write_str(&mask(text, first, last, with), out);
+    };
+    out.reserve(len + 2);
+    out.push(b'"');
+    write_str_contents(head, out);
+    let hidden = len - first - last;
+    match u8::try_from(with) {
+        Ok(b) if b >= 0x20 && b != b'"' && b != b'\\' => out.resize(out.len() + hidden, b),
+        // A quote, backslash or control character is escaped each time.
+        _ => {
+            let mut one = [0u8; 4];
+            let with = &*with.encode_utf8(&mut one);
+            for _ in 0..hidden {
+                write_str_contents(with, out);
+            }
+        }
+    }
+    write_str_contents(tail, out);
+    out.push(b'"');
+}
+
+/// Writes `text` escaped for the inside of a JSON string.
+fn write_str_contents(text: &str, out: &mut Vec<u8>) {
     if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
         out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
         return;
     }
     let mut plain = 0;
@@ -87,7 +121,6 @@ pub fn write_str(text: &str, out: &mut Vec<u8>) {
         plain = i + 1;
     }
     out.extend_from_slice(text.as_bytes().get(plain..).unwrap_or_default());
-    out.push(b'"');
 }
 
 /// Keeps the first `first` and last `last` characters, replacing the others with `with`. A text
@@ -236,6 +269,27 @@ mod tests {
         assert_eq!(run(t.clone(), "5551234567"), r#""******4567""#);
         assert_eq!(run(t.clone(), r#"{"a":1}"#), "null");
         assert_eq!(run(t, r#""ééééé""#), r#""*éééé""#);
+    }
+
+    proptest::proptest! {
+        /// The masked string is written without building it where that is possible: what is
+        /// written is the masked text, escaped, whatever the text and the mask character.
+        #[test]
+        fn masks_are_written_as_the_masked_text(
+            text in "[a-z0-9\"\\\\\n\u{1}é+ -]{0,16}",
+            first in 0usize..5,
+            last in 0usize..5,
+            with in proptest::sample::select(vec!['*', 'x', '"', '\\', '\n', '\u{1f}', '•']),
+        ) {
+            let mut written = Vec::new();
+            write(
+                &Transform::Mask { first, last, with },
+                &Scalar::Str(Cow::Borrowed(&text)),
+                &mut written,
+            );
+            let masked = serde_json::to_string(&mask(&text, first, last, with)).unwrap();
+            proptest::prop_assert_eq!(String::from_utf8(written).unwrap(), masked);
+        }
     }
 
     #[test]

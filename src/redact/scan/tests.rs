@@ -119,15 +119,11 @@ fn depth_is_bounded() {
 }
 
 fn plan_keep(fields: &[&str]) -> ValuePlan {
-    let mut fields: Vec<(Box<str>, ValuePlan)> = fields
+    let fields = fields
         .iter()
         .map(|f| ((*f).into(), ValuePlan::Keep))
         .collect();
-    fields.sort_by(|a, b| a.0.cmp(&b.0));
-    ValuePlan::Object(ObjectPlan {
-        fields,
-        others: None,
-    })
+    ValuePlan::Object(ObjectPlan::new(fields, None))
 }
 
 fn write(input: &str, plan: &ValuePlan, subject: Option<&[Box<str>]>) -> (String, Option<String>) {
@@ -184,8 +180,8 @@ fn subjects_are_found_when_dropped_or_nested() {
 
 #[test]
 fn shapes_other_than_planned_are_dropped_and_transforms_write_text() {
-    let plan = ValuePlan::Object(ObjectPlan {
-        fields: vec![
+    let plan = ValuePlan::Object(ObjectPlan::new(
+        vec![
             ("a".into(), plan_keep(&["x"])),
             (
                 "p".into(),
@@ -196,8 +192,8 @@ fn shapes_other_than_planned_are_dropped_and_transforms_write_text() {
                 }),
             ),
         ],
-        others: None,
-    });
+        None,
+    ));
     let (out, _) = write(r#"{"a":"not an object","p":"a\"bcd"}"#, &plan, None);
     assert_eq!(out, r#"{"p":"***cd"}"#);
     let (out, _) = write(r#"{"a":{"x":1,"y":2},"p":{"o":1}}"#, &plan, None);
@@ -216,15 +212,15 @@ fn a_number_ending_a_complete_input_is_whole() {
 
 #[test]
 fn keep_scalar_passes_values_and_nulls_structures() {
-    let plan = ValuePlan::Object(ObjectPlan {
-        fields: vec![
+    let plan = ValuePlan::Object(ObjectPlan::new(
+        vec![
             ("a".into(), ValuePlan::KeepScalar),
             ("b".into(), ValuePlan::KeepScalar),
             ("c".into(), ValuePlan::KeepScalar),
             ("d".into(), ValuePlan::KeepScalar),
         ],
-        others: None,
-    });
+        None,
+    ));
     let (out, _) = write(
         r#"{"a":"x\"{","b":[1,["y{"]],"c":{"secret":1},"d":[1,{"secret":2}]}"#,
         &plan,
