@@ -437,7 +437,12 @@ impl ConsentService {
             .zip(states)
             .filter_map(|(subject, state)| state.map(|s| (subject, s)));
         for (subject, state) in answers.take(room) {
-            let mut slots = self.cache.entry(Box::from(*subject)).or_default();
+            // Most subjects are asked about for one purpose: room for one slot, not the four a
+            // first push would reserve.
+            let mut slots = self
+                .cache
+                .entry(Box::from(*subject))
+                .or_insert_with(|| Vec::with_capacity(1));
             // INVARIANT: checked under the entry's shard lock. An invalidation bumps the
             // generation before it removes (taking this lock): if the bump is not seen here, its
             // removal comes after this insert; if it is, nothing more goes in. So an answer read

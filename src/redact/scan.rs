@@ -288,6 +288,7 @@ impl Scanner {
                 .then(|| cx.input.get(key_start - 1..=cx.pos))
                 .flatten();
             cx.pos += 1;
+            let first = cx.skip_ws()?;
             let member_subject = match subject {
                 Some([head, rest @ ..]) if head.as_bytes() == &*name => Some(rest),
                 _ => None,
@@ -299,15 +300,18 @@ impl Scanner {
             // A value copied as it came: any kept value, and a scalar where only scalars are.
             let whole = match member_plan {
                 Some(ValuePlan::Keep) => true,
-                Some(ValuePlan::KeepScalar) => !matches!(cx.skip_ws()?, b'{' | b'['),
+                Some(ValuePlan::KeepScalar) => !matches!(first, b'{' | b'['),
                 _ => false,
             };
             match member_plan {
                 _ if whole => {
                     // Key, colon and value are copied in one piece, as they came.
-                    let byte = cx.skip_ws()?;
                     let value_start = cx.pos;
-                    self.skip(cx, byte, member_subject, depth + 1)?;
+                    if first == b'"' {
+                        cx.string()?;
+                    } else {
+                        self.skip(cx, first, member_subject, depth + 1)?;
+                    }
                     if member_subject.is_some_and(<[Box<str>]>::is_empty) {
                         cx.subject = Some(value_start..cx.pos);
                     }
@@ -332,7 +336,7 @@ impl Scanner {
                 }
                 None | Some(ValuePlan::Drop) => {
                     // Dropped strings, the bulk of most records, are validated in place.
-                    if member_subject.is_none() && cx.skip_ws()? == b'"' {
+                    if member_subject.is_none() && first == b'"' {
                         cx.string()?;
                     } else {
                         self.value(cx, None, member_subject, depth + 1, out)?;

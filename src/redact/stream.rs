@@ -13,6 +13,9 @@ use crate::policy::compiled::{ObjectPlan, RecordsAt, SubjectAt, ValuePlan, View,
 use super::frame::{Event, FrameError, Framer};
 use super::scan::{self, ScanError, Scanner};
 
+/// Room reserved for output when a buffer starts.
+const OUTPUT_CAPACITY: usize = 16 * 1024;
+
 /// Bounds on what one body may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -146,7 +149,7 @@ impl Redactor {
             pending_out: Vec::new(),
             scanner: Scanner::new(limits.max_depth),
             deferred: None,
-            out: Vec::with_capacity(16 * 1024),
+            out: Vec::with_capacity(OUTPUT_CAPACITY),
             counts: Counts::default(),
             done: false,
         }
@@ -226,12 +229,20 @@ impl Redactor {
 
     /// Takes the output written so far.
     pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.out, Vec::with_capacity(16 * 1024))
+        std::mem::replace(&mut self.out, Vec::with_capacity(OUTPUT_CAPACITY))
     }
 
     /// Moves the output written so far to the end of `into`.
     pub fn drain_output_into(&mut self, into: &mut Vec<u8>) {
-        into.append(&mut self.out);
+        if into.is_empty() {
+            // The buffer changes hands instead of being copied; output goes on in `into`'s.
+            std::mem::swap(into, &mut self.out);
+            if self.out.capacity() < OUTPUT_CAPACITY {
+                self.out = Vec::with_capacity(OUTPUT_CAPACITY);
+            }
+        } else {
+            into.append(&mut self.out);
+        }
     }
 
     /// True once the whole body was framed and written.
