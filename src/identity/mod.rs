@@ -3,7 +3,7 @@
 //! Both fail closed: a missing, repeated or unknown credential or purpose is a refusal, never a
 //! default.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -11,12 +11,12 @@ use crate::policy::compiled::{Caller, CompiledPolicy, Purpose, PurposeId};
 use crate::proxy::refusal::Refusal;
 
 /// The header carrying a caller's API key.
-pub const API_KEY_HEADER: &str = "x-api-key";
+pub static API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 /// The header carrying the declared purpose.
-pub const PURPOSE_HEADER: &str = "x-purpose";
+pub static PURPOSE_HEADER: HeaderName = HeaderName::from_static("x-purpose");
 
 /// The one value of a header that must appear at most once. `Ok(None)`: absent.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h [u8]>, ()> {
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h [u8]>, ()> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -32,7 +32,7 @@ pub fn identify<'p>(
     headers: &HeaderMap,
     policy: &'p CompiledPolicy,
 ) -> Result<&'p Caller, Refusal> {
-    let key = single(headers, API_KEY_HEADER)
+    let key = single(headers, &API_KEY_HEADER)
         .map_err(|()| Refusal::AmbiguousCredentials)?
         .ok_or(Refusal::UnknownCaller)?;
     if key.is_empty() || key.contains(&b',') {
@@ -55,7 +55,7 @@ pub fn resolve_purpose<'p>(
     caller: &Caller,
     policy: &'p CompiledPolicy,
 ) -> Result<(PurposeId, &'p Purpose), Refusal> {
-    let raw = single(headers, PURPOSE_HEADER)
+    let raw = single(headers, &PURPOSE_HEADER)
         .map_err(|()| Refusal::PurposeAmbiguous)?
         .ok_or(Refusal::PurposeMissing)?;
     let name = std::str::from_utf8(raw).map_err(|_| Refusal::PurposeUnknown(String::new()))?;

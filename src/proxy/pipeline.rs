@@ -19,6 +19,9 @@ use super::response::{self, Protected};
 use crate::identity;
 use crate::policy::matcher::Matched;
 
+/// The Global Privacy Control signal (parsed once: a lookup by a string parses it each time).
+static SEC_GPC: http::HeaderName = http::HeaderName::from_static("sec-gpc");
+
 /// What the decision line says about one request.
 #[derive(Debug, Default)]
 pub struct Decision {
@@ -151,7 +154,7 @@ async fn process(
     };
     // FAIL-CLOSED: a `1` anywhere (a second field line, a comma-joined list) is a signal; the
     // spec allows one field line, but a signal must not be hidden behind a `0`.
-    let gpc = req.headers().get_all("sec-gpc").iter().any(|v| {
+    let gpc = req.headers().get_all(&SEC_GPC).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|item| item.trim_ascii() == b"1")

@@ -5,45 +5,56 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+// Header names are parsed once, here: a lookup by a string parses the name every time.
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard kin.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
+static HOP_BY_HOP: [HeaderName; 10] = [
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authenticate"),
+    HeaderName::from_static("proxy-authorization"),
+    HeaderName::from_static("te"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("transfer-encoding"),
+    HeaderName::from_static("upgrade"),
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Headers a client could use to make the upstream see another request than the one the
 /// gateway examined (another method or URL), or that belong to the gateway alone.
-const NEVER_FORWARDED: &[&str] = &[
-    "x-api-key",
-    "x-purpose",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-real-ip",
-    "expect",
-    "host",
+static NEVER_FORWARDED: [HeaderName; 17] = [
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-purpose"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("expect"),
+    HeaderName::from_static("host"),
 ];
 
 /// Headers that would let the upstream answer with something other than the whole current
 /// representation (a range, a 304), which the gateway could not examine.
-const CONDITIONAL: &[&str] = &["range", "if-range", "if-none-match", "if-modified-since"];
+static CONDITIONAL: [HeaderName; 4] = [
+    HeaderName::from_static("range"),
+    HeaderName::from_static("if-range"),
+    HeaderName::from_static("if-none-match"),
+    HeaderName::from_static("if-modified-since"),
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -57,8 +68,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -71,12 +82,12 @@ pub fn upstream_headers(
     protected: bool,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
-    for name in NEVER_FORWARDED {
-        headers.remove(*name);
+    for name in &NEVER_FORWARDED {
+        headers.remove(name);
     }
     if protected {
-        for name in CONDITIONAL {
-            headers.remove(*name);
+        for name in &CONDITIONAL {
+            headers.remove(name);
         }
         // Asked for plainly; a coded answer is still decoded, an unknown one refused.
         headers.insert(
@@ -87,11 +98,11 @@ pub fn upstream_headers(
     headers.insert(header::HOST, upstream_host.clone());
     // The gateway is the edge: forwarding headers from clients are replaced, never appended.
     if let Ok(ip) = HeaderValue::from_str(&client.ip().to_string()) {
-        headers.insert("x-forwarded-for", ip);
+        headers.insert(X_FORWARDED_FOR.clone(), ip);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
@@ -27,14 +27,14 @@ pub const HOLD_BYTES: usize = 32 * 1024;
 /// The only upstream headers a protected response passes on. Anything else the upstream sends
 /// in its head (a Location, Link or cookie naming a subject, a debug header) is not examined, so
 /// it is not passed; headers describing the original body are recomputed.
-const PASSED_HEADERS: &[&str] = &[
-    "date",
-    "retry-after",
-    "x-request-id",
-    "request-id",
-    "x-correlation-id",
-    "traceparent",
-    "tracestate",
+static PASSED_HEADERS: [HeaderName; 7] = [
+    HeaderName::from_static("date"),
+    HeaderName::from_static("retry-after"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("request-id"),
+    HeaderName::from_static("x-correlation-id"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
 ];
 
 /// Everything the body task needs to know about the request.
@@ -120,9 +120,9 @@ pub async fn protect(
 /// the gateway's content type, length and caching rules.
 fn finish_head(mut parts: http::response::Parts, body: Body, len: Option<u64>) -> Response<Body> {
     let upstream = std::mem::take(&mut parts.headers);
-    for name in PASSED_HEADERS {
-        for value in upstream.get_all(*name) {
-            parts.headers.append(*name, value.clone());
+    for name in &PASSED_HEADERS {
+        for value in upstream.get_all(name) {
+            parts.headers.append(name.clone(), value.clone());
         }
     }
     let h = &mut parts.headers;
