@@ -317,10 +317,13 @@ impl Scanner {
                     }
                     let piece_start = key_start - 1;
                     match &mut kept {
-                        // Right after the previous kept member and a comma: one copy for both.
+                        // Right after the previous kept member, its comma and whitespace
+                        // between (a member between would hold a quote): one copy for both.
                         Some(run)
-                            if run.end + 1 == piece_start
-                                && cx.input.get(run.end) == Some(&b',') =>
+                            if cx.input.get(run.end..piece_start).is_some_and(|gap| {
+                                gap.iter()
+                                    .all(|b| matches!(b, b',' | b' ' | b'\t' | b'\n' | b'\r'))
+                            }) =>
                         {
                             run.end = cx.pos;
                         }
