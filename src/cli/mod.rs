@@ -98,12 +98,8 @@ pub fn init_tracing() -> Option<crate::ops::log::FlushGuard> {
         .with_writer(writer.clone());
     let installed = if json {
         builder.json().try_init()
-    } else if ansi {
-        builder.try_init()
     } else {
-        builder
-            .fmt_fields(crate::ops::log::plain_fields())
-            .try_init()
+        builder.try_init()
     };
     installed.ok().map(|()| crate::ops::log::FlushGuard(writer))
 }

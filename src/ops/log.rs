@@ -114,63 +114,9 @@ impl Drop for FlushGuard {
     }
 }
 
-/// Event fields as the default text format writes them without colours (`name=value`, by
-/// `Debug`, separated by spaces; the message first, without its name), but without styling
-/// each name on the way: the default pays for an empty style twice per field, as much as the
-/// rest of a decision line.
-pub fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
-    use tracing_subscriber::field::MakeExt;
-    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-        if field.name() == "message" {
-            write!(w, "{value:?}")
-        } else {
-            write!(w, "{field}={value:?}")
-        }
-    })
-    .delimited(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A line as a subscriber without colours or time writes it, with `fields` formatting.
-    fn line_with<N>(fields: Option<N>) -> String
-    where
-        N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
-    {
-        let w = BatchedStderr::default();
-        let builder = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .without_time()
-            .with_writer(w.clone());
-        let event = || {
-            tracing::info!(
-                target: "consentry::decision",
-                caller = "bench",
-                route = "say \"hi\"",
-                status = 200u16,
-                kept = 3u32,
-                elapsed_us = 351u64,
-                "decided {}",
-                "now",
-            );
-            tracing::warn!(error = %"the upstream broke off", "upstream request failed");
-        };
-        match fields {
-            Some(f) => tracing::subscriber::with_default(builder.fmt_fields(f).finish(), event),
-            None => tracing::subscriber::with_default(builder.finish(), event),
-        }
-        String::from_utf8(w.inner.lock().unwrap().buf.clone()).unwrap()
-    }
-
-    #[test]
-    fn plain_fields_write_what_the_default_writes_without_colours() {
-        let plain = line_with(Some(plain_fields()));
-        let default = line_with(None::<tracing_subscriber::fmt::format::DefaultFields>);
-        assert!(plain.contains("caller=\"bench\""), "{plain}");
-        assert_eq!(plain, default);
-    }
 
     #[test]
     fn lines_are_kept_until_a_batch_is_written() {
