@@ -270,6 +270,16 @@ pub enum Member<'p> {
     Unplanned,
 }
 
+impl<'p> Member<'p> {
+    /// The member's plan; `None`: dropped.
+    pub fn plan(self) -> Option<&'p ValuePlan> {
+        match self {
+            Member::Field(_, plan) | Member::Other(plan) => Some(plan),
+            Member::Unplanned => None,
+        }
+    }
+}
+
 impl ObjectPlan {
     /// A plan with plans per member name (sorted here; of a name given twice, the first
     /// counts) and one for the other members (`None`: dropped).
@@ -321,10 +331,7 @@ impl ObjectPlan {
     /// The plan for a member name given as its unescaped UTF-8 bytes.
     #[inline]
     pub fn member_bytes(&self, name: &[u8]) -> Option<&ValuePlan> {
-        match self.lookup(name, NameHead::of(name)) {
-            Member::Field(_, plan) | Member::Other(plan) => Some(plan),
-            Member::Unplanned => None,
-        }
+        self.lookup(name, NameHead::of(name)).plan()
     }
 
     /// What the plan says of the member `name` (unescaped) whose head is `head`.

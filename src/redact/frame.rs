@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+use super::scan::is_ws;
+
 /// Something the framer found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -382,7 +384,7 @@ impl Framer {
 
     fn next_non_ws(&mut self) -> Option<u8> {
         while let Some(&b) = self.buf.get(self.pos) {
-            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            if is_ws(b) {
                 self.pos += 1;
             } else {
                 return Some(b);
@@ -466,7 +468,7 @@ impl Framer {
                 continue;
             }
             if scan.scalar {
-                if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                if matches!(b, b',' | b'}' | b']') || is_ws(b) {
                     end = Some(scan.pos);
                     break;
                 }

@@ -293,10 +293,7 @@ impl Scanner {
                 Some([head, rest @ ..]) if head.as_bytes() == &*name => Some(rest),
                 _ => None,
             };
-            let member_plan = match member {
-                Member::Field(_, plan) | Member::Other(plan) => Some(plan),
-                Member::Unplanned => None,
-            };
+            let member_plan = member.plan();
             // A value copied as it came: any kept value, and a scalar where only scalars are.
             let whole = match member_plan {
                 Some(ValuePlan::Keep) => true,
@@ -320,10 +317,10 @@ impl Scanner {
                         // Right after the previous kept member, its comma and whitespace
                         // between (a member between would hold a quote): one copy for both.
                         Some(run)
-                            if cx.input.get(run.end..piece_start).is_some_and(|gap| {
-                                gap.iter()
-                                    .all(|b| matches!(b, b',' | b' ' | b'\t' | b'\n' | b'\r'))
-                            }) =>
+                            if cx
+                                .input
+                                .get(run.end..piece_start)
+                                .is_some_and(|gap| gap.iter().all(|&b| b == b',' || is_ws(b))) =>
                         {
                             run.end = cx.pos;
                         }
@@ -508,7 +505,7 @@ impl<'i> Cx<'i> {
     #[inline(always)]
     fn skip_ws(&mut self) -> Result<u8, ScanError> {
         while let Some(&b) = self.input.get(self.pos) {
-            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            if is_ws(b) {
                 self.pos += 1;
             } else {
                 return Ok(b);
@@ -656,6 +653,12 @@ impl<'i> Cx<'i> {
         self.pos = i + 1;
         Ok((raw, escaped))
     }
+}
+
+/// JSON's whitespace (RFC 8259 §2): space, tab, line feed, carriage return.
+#[inline(always)]
+pub(super) fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
