@@ -79,7 +79,7 @@ fn write_mask(text: &str, first: usize, last: usize, with: char, out: &mut Vec<u
     write_str_contents(head, out);
     let hidden = len - first - last;
     match u8::try_from(with) {
-        Ok(b) if b >= 0x20 && b != b'"' && b != b'\\' => out.resize(out.len() + hidden, b),
+        Ok(b) if !needs_escape(b) => out.resize(out.len() + hidden, b),
         // A quote, backslash or control character is escaped each time.
         _ => {
             let mut one = [0u8; 4];
@@ -93,9 +93,14 @@ fn write_mask(text: &str, first: usize, last: usize, with: char, out: &mut Vec<u
     out.push(b'"');
 }
 
+/// True for a byte a JSON string cannot hold as it is: a quote, a backslash, a control character.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
 /// Writes `text` escaped for the inside of a JSON string.
 fn write_str_contents(text: &str, out: &mut Vec<u8>) {
-    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !text.bytes().any(needs_escape) {
         out.extend_from_slice(text.as_bytes());
         return;
     }
