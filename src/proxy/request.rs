@@ -9,15 +9,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard kin.
 static HOP_BY_HOP: [HeaderName; 10] = [
-    HeaderName::from_static("connection"),
+    header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("proxy-authenticate"),
-    HeaderName::from_static("proxy-authorization"),
-    HeaderName::from_static("te"),
-    HeaderName::from_static("trailer"),
-    HeaderName::from_static("transfer-encoding"),
-    HeaderName::from_static("upgrade"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
     HeaderName::from_static("http2-settings"),
 ];
 
@@ -32,24 +32,24 @@ static NEVER_FORWARDED: [HeaderName; 17] = [
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("forwarded"),
+    header::FORWARDED,
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-prefix"),
     HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("expect"),
-    HeaderName::from_static("host"),
+    header::EXPECT,
+    header::HOST,
 ];
 
 /// Headers that would let the upstream answer with something other than the whole current
 /// representation (a range, a 304), which the gateway could not examine.
 static CONDITIONAL: [HeaderName; 4] = [
-    HeaderName::from_static("range"),
-    HeaderName::from_static("if-range"),
-    HeaderName::from_static("if-none-match"),
-    HeaderName::from_static("if-modified-since"),
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

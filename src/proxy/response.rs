@@ -28,8 +28,8 @@ pub const HOLD_BYTES: usize = 32 * 1024;
 /// in its head (a Location, Link or cookie naming a subject, a debug header) is not examined, so
 /// it is not passed; headers describing the original body are recomputed.
 static PASSED_HEADERS: [HeaderName; 7] = [
-    HeaderName::from_static("date"),
-    HeaderName::from_static("retry-after"),
+    header::DATE,
+    header::RETRY_AFTER,
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("request-id"),
     HeaderName::from_static("x-correlation-id"),
