@@ -368,10 +368,50 @@ fn envelope_members(records_key: &'static str) -> impl Strategy<Value = Vec<(Str
         })
 }
 
+/// Records as lists usually hold them: copies of one record, each as it is or with a member
+/// left out, repeated or moved (so that what the engine learns of one record's member order is
+/// right for the next, or wrong in one place).
+fn similar_records() -> impl Strategy<Value = J> {
+    (
+        record(),
+        prop::collection::vec((0u8..4, any::<Index>(), any::<Index>()), 1..6),
+    )
+        .prop_map(|(base, changes)| {
+            let records = changes
+                .into_iter()
+                .map(|(change, at, to)| {
+                    let J::Obj(mut members) = base.clone() else {
+                        return base.clone();
+                    };
+                    if !members.is_empty() {
+                        let i = at.index(members.len());
+                        match change {
+                            1 => {
+                                members.remove(i);
+                            }
+                            2 => members.insert(
+                                to.index(members.len() + 1),
+                                (members[i].0.clone(), J::Num("7".into())),
+                            ),
+                            3 => {
+                                let m = members.remove(i);
+                                members.insert(to.index(members.len() + 1), m);
+                            }
+                            _ => {}
+                        }
+                    }
+                    J::Obj(members)
+                })
+                .collect();
+            J::Arr(records)
+        })
+}
+
 /// The records value: usually an array of records, rarely of another shape.
 fn records_value() -> impl Strategy<Value = J> {
     prop_oneof![
-        30 => prop::collection::vec(record(), 0..6).prop_map(J::Arr),
+        15 => prop::collection::vec(record(), 0..6).prop_map(J::Arr),
+        15 => similar_records(),
         1 => leaf(),
         1 => Just(J::Obj(Vec::new())),
     ]

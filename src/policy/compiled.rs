@@ -5,6 +5,7 @@
 //! module parses text at request time, and nothing here depends on tokio, hyper or a store.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Index of a purpose in [`CompiledPolicy::purposes`].
 pub type PurposeId = u16;
@@ -181,8 +182,11 @@ pub enum ValuePlan {
 }
 
 /// A plan for the members of an object.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ObjectPlan {
+    /// Set once per plan built by [`ObjectPlan::new`] (a clone keeps it), never twice: what a
+    /// scanner learns about objects of one plan is kept under this (0: the empty plan).
+    id: u64,
     /// Plans per member name (unescaped), sorted by name, each name once.
     fields: Vec<(Box<str>, ValuePlan)>,
     /// The head of each name of `fields`, at the same index.
@@ -191,8 +195,74 @@ pub struct ObjectPlan {
     /// `fields`, [`NO_FIELD`] for an empty slot; its length is a power of two, at least twice
     /// the number of fields. Empty when the fields are too many to index (binary search).
     slots: Vec<u16>,
+    /// Each name of `fields` as JSON writes it without escapes, at the same index.
+    quoted: Vec<QuotedName>,
     /// Plan for members not named in `fields` (`$.a.*`); `None` drops them.
     others: Option<Box<ValuePlan>>,
+}
+
+impl PartialEq for ObjectPlan {
+    /// Plans are equal when they say the same of every member, whatever their identities.
+    fn eq(&self, other: &Self) -> bool {
+        self.fields == other.fields && self.others == other.others
+    }
+}
+
+/// A member name as JSON writes it, quotes included, when the name needs no escape: a
+/// member written that way is known by comparing bytes, without reading it as a string.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QuotedName {
+    /// The quoted name; empty when the name holds a byte JSON escapes (it is then never
+    /// written this way).
+    bytes: Box<[u8]>,
+    /// The first 16 bytes of `bytes` (zero-padded, little-endian) and the mask of those that
+    /// count: a name of up to 14 bytes is compared in one step.
+    head: u128,
+    mask: u128,
+}
+
+impl QuotedName {
+    /// `name` (unescaped) quoted, or the empty quoted name if `name` holds a byte JSON escapes.
+    pub fn new(name: &str) -> Self {
+        if name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            return Self::default();
+        }
+        let mut bytes = Vec::with_capacity(name.len() + 2);
+        bytes.push(b'"');
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(b'"');
+        let mut first = [0u8; 16];
+        let counted = bytes.len().min(16);
+        if let (Some(dst), Some(src)) = (first.get_mut(..counted), bytes.get(..counted)) {
+            dst.copy_from_slice(src);
+        }
+        let mask = if counted == 16 {
+            u128::MAX
+        } else {
+            (1u128 << (counted * 8)) - 1
+        };
+        Self {
+            bytes: bytes.into_boxed_slice(),
+            head: u128::from_le_bytes(first),
+            mask,
+        }
+    }
+
+    /// True for the empty quoted name, of a name that needs escapes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The length of the quoted name if `input` starts with it.
+    #[inline(always)]
+    pub fn at(&self, input: &[u8]) -> Option<usize> {
+        let len = self.bytes.len();
+        let same = match input.first_chunk::<16>() {
+            Some(first) if len <= 16 => u128::from_le_bytes(*first) & self.mask == self.head,
+            _ => len > 0 && input.starts_with(&self.bytes),
+        };
+        (same && len > 0).then_some(len)
+    }
 }
 
 /// The length of a member name and its first eight bytes (zero-padded, little-endian): most
@@ -305,12 +375,32 @@ impl ObjectPlan {
                 }
             }
         }
+        let quoted = fields.iter().map(|(k, _)| QuotedName::new(k)).collect();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             fields,
             heads,
             slots,
+            quoted,
             others,
         }
+    }
+
+    /// Field `field` and the length of its quoted name, if `input` starts with that name
+    /// written without escapes (on its opening quote): the member is then that field for
+    /// sure, its name already read and valid.
+    #[inline(always)]
+    pub fn quoted_at(&self, field: usize, input: &[u8]) -> Option<(usize, Member<'_>)> {
+        let len = self.quoted.get(field)?.at(input)?;
+        let (_, plan) = self.fields.get(field)?;
+        Some((len, Member::Field(field, plan)))
+    }
+
+    /// The plan's identity: equal for a plan and its clones, different for any two plans
+    /// built apart.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Plans per member name, sorted by name.
@@ -321,6 +411,15 @@ impl ObjectPlan {
     /// The plan for the other members; `None` drops them.
     pub fn others(&self) -> Option<&ValuePlan> {
         self.others.as_deref()
+    }
+
+    /// What the plan says of a name that is none of its fields.
+    #[inline(always)]
+    pub fn other_member(&self) -> Member<'_> {
+        match self.others.as_deref() {
+            Some(plan) => Member::Other(plan),
+            None => Member::Unplanned,
+        }
     }
 
     /// The plan for a member name (unescaped).
@@ -364,10 +463,7 @@ impl ObjectPlan {
         };
         match found.and_then(|i| Some((i, &self.fields.get(i)?.1))) {
             Some((i, plan)) => Member::Field(i, plan),
-            None => match self.others.as_deref() {
-                Some(plan) => Member::Other(plan),
-                None => Member::Unplanned,
-            },
+            None => self.other_member(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! by batch (see [`stream::Redactor`]).
 
 pub mod frame;
+mod order;
 pub mod scan;
 pub mod stream;
 pub mod transform;

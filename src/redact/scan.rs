@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use crate::policy::compiled::{Member, NameHead, ObjectPlan, ValuePlan};
 
+use super::order::{Known, Orders};
 use super::transform::{self, Scalar};
 
 /// Why a value could not be scanned.
@@ -51,6 +52,8 @@ pub struct Scanner {
     max_depth: usize,
     /// Keys of the objects being scanned, innermost last.
     keys: Vec<Key>,
+    /// The order in which members came in the last object of each plan, to guess the next.
+    orders: Orders,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +74,7 @@ impl Scanner {
         Self {
             max_depth,
             keys: Vec::with_capacity(64),
+            orders: Orders::default(),
         }
     }
 
@@ -231,25 +235,53 @@ impl Scanner {
             }
             return Ok(());
         }
+        let order = plan.and_then(|p| self.orders.of(p).map(|o| (p, o)));
+        // Where the previous member stands in the order: the object's start at first.
+        let mut previous = order.map(|(_, o)| self.orders.start(o));
         loop {
             if byte != b'"' {
                 return Err(ScanError::Malformed);
             }
             let key_start = cx.pos + 1;
-            let (raw, escaped) = cx.string()?;
-            let name: Cow<'_, [u8]> = if escaped {
-                Cow::Owned(unescape(raw)?.into_bytes())
-            } else {
-                Cow::Borrowed(raw)
+            let (guessed, known) = match (order, previous) {
+                (Some((p, o)), Some(at)) => {
+                    let input = cx.input.get(cx.pos..).unwrap_or_default();
+                    self.orders.guess(o, at, p, input)
+                }
+                _ => (None, None),
             };
-            let head = if escaped {
-                NameHead::of(&name)
-            } else {
-                NameHead::at(cx.input.get(key_start..).unwrap_or_default(), raw.len())
-            };
-            let member = match plan {
-                Some(p) => p.lookup(&name, head),
-                None => Member::Unplanned,
+            let (raw, escaped, name, head, member) = match known {
+                // The guess holds: the name is the guessed one, as is.
+                Some(Known { len, member }) => {
+                    let raw = cx
+                        .input
+                        .get(key_start..cx.pos + len - 1)
+                        .ok_or(ScanError::Malformed)?;
+                    cx.pos += len;
+                    previous = guessed;
+                    (raw, false, Cow::Borrowed(raw), None, member)
+                }
+                None => {
+                    let (raw, escaped) = cx.string()?;
+                    let name: Cow<'_, [u8]> = if escaped {
+                        Cow::Owned(unescape(raw)?.into_bytes())
+                    } else {
+                        Cow::Borrowed(raw)
+                    };
+                    let head = if escaped {
+                        NameHead::of(&name)
+                    } else {
+                        NameHead::at(cx.input.get(key_start..).unwrap_or_default(), raw.len())
+                    };
+                    let member = match plan {
+                        Some(p) => p.lookup(&name, head),
+                        None => Member::Unplanned,
+                    };
+                    if let (Some((_, o)), Some(at)) = (order, previous) {
+                        previous = Some(self.orders.learn(o, at, guessed, member, raw, escaped));
+                    }
+                    (raw, escaped, name, Some(head), member)
+                }
             };
             match member {
                 // A name of the plan: its index says whether the object held it before.
@@ -266,7 +298,9 @@ impl Scanner {
                         start: key_start,
                         end: key_start + raw.len(),
                         escaped,
-                        tag: head.tag(name.last().copied().unwrap_or_default()),
+                        tag: head
+                            .unwrap_or_else(|| NameHead::of(&name))
+                            .tag(name.last().copied().unwrap_or_default()),
                     };
                     let earlier = self.keys.get(keys_from..).unwrap_or_default();
                     if set.is_none()

@@ -229,3 +229,106 @@ fn keep_scalar_passes_values_and_nulls_structures() {
     );
     assert_eq!(out, r#"{"a":"x\"{","b":[1,["y{"]],"c":null,"d":null}"#);
 }
+
+/// Scans `input` completely with `scanner` through `plan`, the subject at `id`: what a caller
+/// sees, the written text or the error.
+fn outcome(scanner: &mut Scanner, input: &str, plan: &ValuePlan) -> Result<String, ScanError> {
+    let path: Vec<Box<str>> = vec!["id".into()];
+    let mut out = Vec::new();
+    scanner
+        .scan(input.as_bytes(), true, Some(plan), Some(&path), &mut out)
+        .map(|s| format!("{} {:?}", String::from_utf8_lossy(&out), s))
+}
+
+#[test]
+fn a_learnt_member_order_never_changes_what_is_written_or_refused() {
+    // Fields `id`, `a` (kept), `n` (kept, nested) and two longer names, no wildcard: `x` and `y` are
+    // dropped names outside it. Each member is a way to meet or break a guess: the names as
+    // is, escaped, repeated, a prefix or extension of a guessed name, an unquoted name.
+    let plan = ValuePlan::Object(ObjectPlan::new(
+        vec![
+            ("id".into(), ValuePlan::Keep),
+            ("a".into(), ValuePlan::Keep),
+            ("n".into(), plan_keep(&["a", "b"])),
+            // Names compared in one step (14 bytes, 16 quoted) and in pieces.
+            ("lifecyclestage".into(), ValuePlan::Keep),
+            ("a_name_longer_than_sixteen".into(), ValuePlan::Keep),
+        ],
+        None,
+    ));
+    let members = [
+        r#""lifecyclestage":"lead""#,
+        r#""a_name_longer_than_sixteen":0"#,
+        r#""a_name_longer_than_sixteen_":0"#,
+        r#""id":"1""#,
+        r#""a":1"#,
+        r#""x":2"#,
+        r#""y":[3]"#,
+        r#""\u0061":4"#,
+        r#""\u0078":5"#,
+        r#""ab":6"#,
+        r#""":7"#,
+        r#""n":{"a":1,"b":2,"x":3}"#,
+        r#""n":{"b":1,"a":2,"a":3}"#,
+        r#""a" 8"#,
+        r#""a""#,
+    ];
+    // Every sequence of up to three members, scanned one after the other by one scanner
+    // (which learns the order of each) and each by a fresh one (which has learnt nothing).
+    let mut learning = Scanner::new(8);
+    let mut sequences: Vec<Vec<usize>> = vec![vec![]];
+    for _ in 0..3 {
+        let longer: Vec<Vec<usize>> = sequences
+            .iter()
+            .filter(|s| s.len() == sequences.last().map_or(0, Vec::len))
+            .flat_map(|s| {
+                (0..members.len()).map(move |m| {
+                    let mut s = s.clone();
+                    s.push(m);
+                    s
+                })
+            })
+            .collect();
+        sequences.extend(longer);
+    }
+    let mut refused = 0;
+    for seq in &sequences {
+        let body: Vec<&str> = seq.iter().map(|&m| members[m]).collect();
+        let input = format!("{{{}}}", body.join(","));
+        let fresh = outcome(&mut Scanner::new(8), &input, &plan);
+        assert_eq!(outcome(&mut learning, &input, &plan), fresh, "{input}");
+        refused += usize::from(fresh.is_err());
+        // Cut short, the same input is read the same way: incomplete, or refused for what
+        // came before the cut.
+        let cut = &input[..input.len() - 1];
+        let partial = |s: &mut Scanner| {
+            s.scan(cut.as_bytes(), false, Some(&plan), None, &mut Vec::new())
+                .map(|s| s.end)
+        };
+        assert_eq!(
+            partial(&mut learning),
+            partial(&mut Scanner::new(8)),
+            "{cut}"
+        );
+    }
+    // The sequences hold both kinds of outcome.
+    assert!(refused > 0 && refused < sequences.len(), "{refused}");
+    // A repeated name is refused whether it was guessed or not, spelt as is or escaped.
+    for input in [
+        r#"{"id":"1","a":1,"x":2}"#,
+        r#"{"id":"1","a":1,"a":2}"#,
+        r#"{"id":"1","a":1,"\u0061":2}"#,
+        r#"{"id":"1","a":1,"x":2,"x":3}"#,
+        r#"{"id":"1","a":1,"x":2,"\u0078":3}"#,
+    ]
+    .iter()
+    .skip(1)
+    {
+        outcome(&mut learning, r#"{"id":"1","a":1,"x":2}"#, &plan).unwrap();
+        assert_eq!(
+            outcome(&mut learning, input, &plan),
+            Err(ScanError::DuplicateKey),
+            "{input}"
+        );
+    }
+}

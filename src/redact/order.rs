@@ -1,0 +1,160 @@
+//! Member order: the scanner's guess of the next member of an object, from the order in which
+//! members came in the last object of the same plan.
+//!
+//! The records of one list nearly always hold the same members in the same order. A guessed
+//! member is known by comparing the input with its name as JSON writes it, quotes included:
+//! no string scan, no hash, no probe of the plan's table. A guess is taken only when the bytes
+//! match, so a wrong guess costs a compare, never a wrong answer; and what is learnt is kept
+//! under the plan's identity ([`ObjectPlan::id`]), which no other plan shares, so a name
+//! remembered as none of the plan's fields is none of them.
+
+use crate::policy::compiled::{Member, ObjectPlan, QuotedName};
+
+/// Most object plans whose order one scanner keeps.
+const PLANS: usize = 16;
+/// Most names outside its fields remembered per plan.
+const NAMES: usize = 64;
+/// No guess.
+const NOTHING: u16 = u16::MAX;
+
+/// The orders of the plans a scanner has met.
+#[derive(Debug, Default)]
+pub(super) struct Orders {
+    orders: Vec<Order>,
+}
+
+/// The order last seen in objects of one plan.
+#[derive(Debug)]
+struct Order {
+    /// [`ObjectPlan::id`] of the plan.
+    plan: u64,
+    /// The plan's number of fields.
+    fields: usize,
+    /// For each place a member can follow, the place of the member that came next last time
+    /// ([`NOTHING`]: not known). Places: the plan's fields by index; then the object's start;
+    /// then a name that cannot be remembered; then the names of `names`.
+    next: Vec<u16>,
+    /// Names outside the plan's fields, as they came (unescaped, so quoted as written).
+    names: Vec<QuotedName>,
+}
+
+/// Where a member stands in an order: see [`Order::next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Place(usize);
+
+/// A member known from a guess: the length of its name, quotes included, and what the plan
+/// says of it.
+pub(super) struct Known<'p> {
+    pub len: usize,
+    pub member: Member<'p>,
+}
+
+impl Order {
+    fn start(&self) -> Place {
+        Place(self.fields)
+    }
+
+    fn unknown(&self) -> Place {
+        Place(self.fields + 1)
+    }
+}
+
+impl Orders {
+    /// The order of `plan`'s objects, made on first use; `None` when as many plans are kept as
+    /// may be, or the plan has too many fields to index.
+    pub(super) fn of(&mut self, plan: &ObjectPlan) -> Option<usize> {
+        let id = plan.id();
+        if let Some(at) = self.orders.iter().position(|o| o.plan == id) {
+            return Some(at);
+        }
+        let fields = plan.fields().len();
+        if self.orders.len() >= PLANS || fields + 2 + NAMES >= usize::from(NOTHING) {
+            return None;
+        }
+        self.orders.push(Order {
+            plan: id,
+            fields,
+            next: vec![NOTHING; fields + 2],
+            names: Vec::new(),
+        });
+        Some(self.orders.len() - 1)
+    }
+
+    /// The place of an object's start in `order`.
+    pub(super) fn start(&self, order: usize) -> Place {
+        self.orders.get(order).map_or(Place(0), Order::start)
+    }
+
+    /// The member guessed to follow `previous`, if `input` (on the name's opening quote)
+    /// holds that member's name as is. `plan` is the plan whose order is `order`.
+    #[inline(always)]
+    pub(super) fn guess<'p>(
+        &self,
+        order: usize,
+        previous: Place,
+        plan: &'p ObjectPlan,
+        input: &[u8],
+    ) -> (Option<Place>, Option<Known<'p>>) {
+        let Some(order) = self.orders.get(order) else {
+            return (None, None);
+        };
+        let next = match order.next.get(previous.0) {
+            Some(&next) if next != NOTHING => usize::from(next),
+            _ => return (None, None),
+        };
+        let known = if next < order.fields {
+            plan.quoted_at(next, input)
+                .map(|(len, member)| Known { len, member })
+        } else {
+            // The start and an unremembered name are never guessed: no name there.
+            let name = (next.checked_sub(order.fields + 2)).and_then(|j| order.names.get(j));
+            name.and_then(|n| n.at(input)).map(|len| Known {
+                len,
+                member: plan.other_member(),
+            })
+        };
+        (Some(Place(next)), known)
+    }
+
+    /// Records that after `previous` came `member` (its raw name `raw`, `escaped` if it held
+    /// escapes), where `guessed` was expected; returns the member's place.
+    pub(super) fn learn(
+        &mut self,
+        order: usize,
+        previous: Place,
+        guessed: Option<Place>,
+        member: Member<'_>,
+        raw: &[u8],
+        escaped: bool,
+    ) -> Place {
+        let Some(order) = self.orders.get_mut(order) else {
+            return Place(0);
+        };
+        let came = match member {
+            Member::Field(i, _) => Place(i),
+            _ if escaped => order.unknown(),
+            _ => {
+                let quoted = std::str::from_utf8(raw).map(QuotedName::new);
+                let known = order.names.iter().position(|n| match &quoted {
+                    Ok(q) => n == q,
+                    Err(_) => false,
+                });
+                match (known, quoted) {
+                    (Some(j), _) => Place(order.fields + 2 + j),
+                    (None, Ok(q)) if order.names.len() < NAMES && !q.is_empty() => {
+                        order.names.push(q);
+                        order.next.push(NOTHING);
+                        Place(order.fields + 2 + order.names.len() - 1)
+                    }
+                    _ => order.unknown(),
+                }
+            }
+        };
+        if guessed != Some(came)
+            && let Some(slot) = order.next.get_mut(previous.0)
+        {
+            *slot = u16::try_from(came.0).unwrap_or(NOTHING);
+        }
+        came
+    }
+}
