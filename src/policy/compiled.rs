@@ -253,6 +253,11 @@ impl QuotedName {
         self.bytes.is_empty()
     }
 
+    /// True if this is the quoted form of `name`.
+    pub fn quotes(&self, name: &[u8]) -> bool {
+        self.bytes.len() == name.len() + 2 && self.bytes.get(1..=name.len()) == Some(name)
+    }
+
     /// The length of the quoted name if `input` starts with it.
     #[inline(always)]
     pub fn at(&self, input: &[u8]) -> Option<usize> {

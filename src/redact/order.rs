@@ -7,20 +7,35 @@
 //! match, so a wrong guess costs a compare, never a wrong answer; and what is learnt is kept
 //! under the plan's identity ([`ObjectPlan::id`]), which no other plan shares, so a name
 //! remembered as none of the plan's fields is none of them.
+//!
+//! What is learnt is kept per thread, from one scan and one request to the next (the responses
+//! of one route share their shape), for a bounded number of plans and names.
+
+use std::cell::Cell;
 
 use crate::policy::compiled::{Member, ObjectPlan, QuotedName};
 
-/// Most object plans whose order one scanner keeps.
+/// Most object plans whose order one thread keeps.
 const PLANS: usize = 16;
 /// Most names outside its fields remembered per plan.
 const NAMES: usize = 64;
+/// Longest name outside the fields that is remembered, in bytes.
+const NAME_BYTES: usize = 64;
 /// No guess.
 const NOTHING: u16 = u16::MAX;
 
-/// The orders of the plans a scanner has met.
+thread_local! {
+    /// What the scans on this thread have learnt, lent to one scan at a time: the responses
+    /// of one route share their shape, from one request to the next.
+    static LEARNT: Cell<Orders> = const { Cell::new(Orders::new()) };
+}
+
+/// The orders of the plans a thread's scans have met.
 #[derive(Debug, Default)]
 pub(super) struct Orders {
     orders: Vec<Order>,
+    /// The order to replace when a new plan comes and `PLANS` are kept.
+    victim: usize,
 }
 
 /// The order last seen in objects of one plan.
@@ -60,24 +75,50 @@ impl Order {
 }
 
 impl Orders {
-    /// The order of `plan`'s objects, made on first use; `None` when as many plans are kept as
-    /// may be, or the plan has too many fields to index.
+    const fn new() -> Self {
+        Self {
+            orders: Vec::new(),
+            victim: 0,
+        }
+    }
+
+    /// This thread's orders, for one scan to use and give back (a scan within that scan finds
+    /// none).
+    pub(super) fn borrow() -> Self {
+        LEARNT.try_with(Cell::take).unwrap_or_default()
+    }
+
+    /// Gives back what [`Orders::borrow`] lent, with what the scan learnt.
+    pub(super) fn give_back(self) {
+        // Only fails while the thread ends: then nothing is left to learn for.
+        let _ = LEARNT.try_with(|learnt| learnt.set(self));
+    }
+
+    /// The order of `plan`'s objects, made on first use (in place of the oldest order when
+    /// `PLANS` are kept); `None` when the plan has too many fields to index.
     pub(super) fn of(&mut self, plan: &ObjectPlan) -> Option<usize> {
         let id = plan.id();
         if let Some(at) = self.orders.iter().position(|o| o.plan == id) {
             return Some(at);
         }
         let fields = plan.fields().len();
-        if self.orders.len() >= PLANS || fields + 2 + NAMES >= usize::from(NOTHING) {
+        if fields + 2 + NAMES >= usize::from(NOTHING) {
             return None;
         }
-        self.orders.push(Order {
+        let order = Order {
             plan: id,
             fields,
             next: vec![NOTHING; fields + 2],
             names: Vec::new(),
-        });
-        Some(self.orders.len() - 1)
+        };
+        if self.orders.len() < PLANS {
+            self.orders.push(order);
+            return Some(self.orders.len() - 1);
+        }
+        let at = self.victim % PLANS;
+        self.victim = (at + 1) % PLANS;
+        *self.orders.get_mut(at)? = order;
+        Some(at)
     }
 
     /// The place of an object's start in `order`.
@@ -133,22 +174,20 @@ impl Orders {
         let came = match member {
             Member::Field(i, _) => Place(i),
             _ if escaped => order.unknown(),
-            _ => {
-                let quoted = std::str::from_utf8(raw).map(QuotedName::new);
-                let known = order.names.iter().position(|n| match &quoted {
-                    Ok(q) => n == q,
-                    Err(_) => false,
-                });
-                match (known, quoted) {
-                    (Some(j), _) => Place(order.fields + 2 + j),
-                    (None, Ok(q)) if order.names.len() < NAMES && !q.is_empty() => {
-                        order.names.push(q);
-                        order.next.push(NOTHING);
-                        Place(order.fields + 2 + order.names.len() - 1)
+            _ => match order.names.iter().position(|n| n.quotes(raw)) {
+                Some(j) => Place(order.fields + 2 + j),
+                None if order.names.len() < NAMES && raw.len() <= NAME_BYTES => {
+                    match std::str::from_utf8(raw).map(QuotedName::new) {
+                        Ok(quoted) if !quoted.is_empty() => {
+                            order.names.push(quoted);
+                            order.next.push(NOTHING);
+                            Place(order.fields + 2 + order.names.len() - 1)
+                        }
+                        _ => order.unknown(),
                     }
-                    _ => order.unknown(),
                 }
-            }
+                None => order.unknown(),
+            },
         };
         if guessed != Some(came)
             && let Some(slot) = order.next.get_mut(previous.0)
