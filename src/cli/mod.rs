@@ -99,7 +99,7 @@ pub fn init_tracing() -> Option<crate::ops::log::FlushGuard> {
     let installed = if json {
         builder.json().try_init()
     } else {
-        builder.try_init()
+        builder.fmt_fields(crate::ops::log::PlainFields).try_init()
     };
     installed.ok().map(|()| crate::ops::log::FlushGuard(writer))
 }
