@@ -161,6 +161,52 @@ impl Visit for Plain<'_> {
         }
     }
 
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // Printable ASCII other than a quote or a backslash: `Debug` writes it as it is, quoted.
+        let as_is = value
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        match self {
+            Plain::Write {
+                writer,
+                first,
+                result,
+            } if as_is => {
+                if result.is_err() {
+                    return;
+                }
+                let space = if *first { "" } else { " " };
+                *first = false;
+                *result = [space, field.name(), "=\"", value, "\""]
+                    .into_iter()
+                    .try_for_each(|piece| writer.write_str(piece));
+            }
+            _ => self.record_debug(field, &value),
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match self {
+            Plain::Write {
+                writer,
+                first,
+                result,
+            } => {
+                if result.is_err() {
+                    return;
+                }
+                let space = if *first { "" } else { " " };
+                *first = false;
+                let mut digits = [0u8; 20];
+                let text = decimal(value, &mut digits);
+                *result = [space, field.name(), "=", text]
+                    .into_iter()
+                    .try_for_each(|piece| writer.write_str(piece));
+            }
+            Plain::Check(_) => self.record_debug(field, &value),
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         match self {
             Plain::Check(plain) => {
@@ -183,6 +229,23 @@ impl Visit for Plain<'_> {
             }
         }
     }
+}
+
+/// `value` in decimal, written at the end of `digits`.
+fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &str {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        if let Some(d) = digits.get_mut(start) {
+            // INVARIANT: a remainder of 10 is one digit.
+            *d = b'0' + (value % 10) as u8;
+        }
+        value /= 10;
+        if value == 0 || start == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(digits.get(start..).unwrap_or_default()).unwrap_or("0")
 }
 
 /// Flushes at the end of scope (the process's exit path).
@@ -248,6 +311,8 @@ mod tests {
         tracing::info!(
             target: "consentry::decision",
             caller = strange,
+            zero = 0u64,
+            most = u64::MAX,
             purpose = "marketing",
             status = 200u16,
             delta = -3i64,
@@ -280,11 +345,11 @@ mod tests {
             // Eight events; the default leaves the line feed of a message as it is.
             assert_eq!(plain.lines().count(), 9, "{plain}");
         }
-        // The plain path was taken for the decision line (the default styles its names).
+        // The decision line as a reader sees it.
         let plain = lines(PlainFields, false, events);
         assert!(
             plain
-                .contains(r#"caller="q\"uote\\ \u{1b}[2J\n\t\0é☃" purpose="marketing" status=200"#),
+                .contains(r#"caller="q\"uote\\ \u{1b}[2J\n\t\0é☃" zero=0 most=18446744073709551615 purpose="marketing" status=200"#),
             "{plain}"
         );
     }
