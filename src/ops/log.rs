@@ -197,8 +197,8 @@ impl Visit for Plain<'_> {
                 }
                 let space = if *first { "" } else { " " };
                 *first = false;
-                let mut digits = [0u8; 20];
-                let text = decimal(value, &mut digits);
+                let mut digits = itoa::Buffer::new();
+                let text = digits.format(value);
                 *result = [space, field.name(), "=", text]
                     .into_iter()
                     .try_for_each(|piece| writer.write_str(piece));
@@ -229,23 +229,6 @@ impl Visit for Plain<'_> {
             }
         }
     }
-}
-
-/// `value` in decimal, written at the end of `digits`.
-fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &str {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        if let Some(d) = digits.get_mut(start) {
-            // INVARIANT: a remainder of 10 is one digit.
-            *d = b'0' + (value % 10) as u8;
-        }
-        value /= 10;
-        if value == 0 || start == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(digits.get(start..).unwrap_or_default()).unwrap_or("0")
 }
 
 /// Flushes at the end of scope (the process's exit path).

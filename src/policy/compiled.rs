@@ -264,7 +264,7 @@ impl QuotedName {
         let len = self.bytes.len();
         let same = match input.first_chunk::<16>() {
             Some(first) if len <= 16 => u128::from_le_bytes(*first) & self.mask == self.head,
-            _ => len > 0 && input.starts_with(&self.bytes),
+            _ => input.starts_with(&self.bytes),
         };
         (same && len > 0).then_some(len)
     }

@@ -16,7 +16,7 @@ use std::cell::Cell;
 use crate::policy::compiled::{Member, ObjectPlan, QuotedName};
 
 /// Most object plans whose order one thread keeps.
-const PLANS: usize = 16;
+const PLANS: usize = 64;
 /// Most names outside its fields remembered per plan.
 const NAMES: usize = 64;
 /// Longest name outside the fields that is remembered, in bytes.
@@ -105,25 +105,39 @@ impl Orders {
         if fields + 2 + NAMES >= usize::from(NOTHING) {
             return None;
         }
-        let order = Order {
-            plan: id,
-            fields,
-            next: vec![NOTHING; fields + 2],
-            names: Vec::new(),
-        };
         if self.orders.len() < PLANS {
-            self.orders.push(order);
+            self.orders.push(Order {
+                plan: id,
+                fields,
+                next: vec![NOTHING; fields + 2],
+                names: Vec::new(),
+            });
             return Some(self.orders.len() - 1);
         }
+        // The oldest order gives its place, and its room, to this one. An object of the plan
+        // it held may still be open: from now on it finds another plan's id there (see
+        // `Orders::mine`).
         let at = self.victim % PLANS;
         self.victim = (at + 1) % PLANS;
-        *self.orders.get_mut(at)? = order;
+        let order = self.orders.get_mut(at)?;
+        order.plan = id;
+        order.fields = fields;
+        order.next.clear();
+        order.next.resize(fields + 2, NOTHING);
+        order.names.clear();
         Some(at)
     }
 
-    /// The place of an object's start in `order`.
-    pub(super) fn start(&self, order: usize) -> Place {
-        self.orders.get(order).map_or(Place(0), Order::start)
+    /// The order at `order` if it still holds `plan`'s: an object's slot can be given to
+    /// another plan while members of the object are being read (objects nested in it, of
+    /// plans not kept yet), and that plan's fields and names are not this one's.
+    fn mine(&self, order: usize, plan: &ObjectPlan) -> Option<&Order> {
+        self.orders.get(order).filter(|o| o.plan == plan.id())
+    }
+
+    /// The place of an object's start in `order`, `plan`'s.
+    pub(super) fn start(&self, order: usize, plan: &ObjectPlan) -> Option<Place> {
+        self.mine(order, plan).map(Order::start)
     }
 
     /// The member guessed to follow `previous`, if `input` (on the name's opening quote)
@@ -136,7 +150,7 @@ impl Orders {
         plan: &'p ObjectPlan,
         input: &[u8],
     ) -> (Option<Place>, Option<Known<'p>>) {
-        let Some(order) = self.orders.get(order) else {
+        let Some(order) = self.mine(order, plan) else {
             return (None, None);
         };
         let next = match order.next.get(previous.0) {
@@ -158,19 +172,18 @@ impl Orders {
     }
 
     /// Records that after `previous` came `member` (its raw name `raw`, `escaped` if it held
-    /// escapes), where `guessed` was expected; returns the member's place.
+    /// escapes), where `guessed` was expected, in the order of `plan` at `order`; returns the
+    /// member's place (`None`: the order is no longer `plan`'s).
     pub(super) fn learn(
         &mut self,
-        order: usize,
+        (plan, order): (&ObjectPlan, usize),
         previous: Place,
         guessed: Option<Place>,
         member: Member<'_>,
         raw: &[u8],
         escaped: bool,
-    ) -> Place {
-        let Some(order) = self.orders.get_mut(order) else {
-            return Place(0);
-        };
+    ) -> Option<Place> {
+        let order = self.orders.get_mut(order).filter(|o| o.plan == plan.id())?;
         let came = match member {
             Member::Field(i, _) => Place(i),
             _ if escaped => order.unknown(),
@@ -194,6 +207,6 @@ impl Orders {
         {
             *slot = u16::try_from(came.0).unwrap_or(NOTHING);
         }
-        came
+        Some(came)
     }
 }

@@ -111,18 +111,13 @@ impl Scanner {
             subject: None,
             complete,
         };
-        if !self.guess {
-            return self
-                .value(&mut cx, plan, subject, 0, out)
-                .map(|written| Scanned {
-                    end: cx.pos,
-                    subject: cx.subject,
-                    written,
-                });
+        if self.guess {
+            self.orders = Orders::borrow();
         }
-        self.orders = Orders::borrow();
         let written = self.value(&mut cx, plan, subject, 0, out);
-        std::mem::take(&mut self.orders).give_back();
+        if self.guess {
+            std::mem::take(&mut self.orders).give_back();
+        }
         let written = written?;
         Ok(Scanned {
             end: cx.pos,
@@ -264,7 +259,7 @@ impl Scanner {
             .filter(|_| self.guess)
             .and_then(|p| self.orders.of(p).map(|o| (p, o)));
         // Where the previous member stands in the order: the object's start at first.
-        let mut previous = order.map(|(_, o)| self.orders.start(o));
+        let mut previous = order.and_then(|(p, o)| self.orders.start(o, p));
         loop {
             if byte != b'"' {
                 return Err(ScanError::Malformed);
@@ -304,8 +299,8 @@ impl Scanner {
                         Some(p) => p.lookup(&name, head),
                         None => Member::Unplanned,
                     };
-                    if let (Some((_, o)), Some(at)) = (order, previous) {
-                        previous = Some(self.orders.learn(o, at, guessed, member, raw, escaped));
+                    if let (Some(slot), Some(at)) = (order, previous) {
+                        previous = self.orders.learn(slot, at, guessed, member, raw, escaped);
                     }
                     (raw, escaped, name, Some(head), member)
                 }

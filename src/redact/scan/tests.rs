@@ -359,3 +359,50 @@ fn orders_of_many_plans_replace_each_other_without_changing_any_outcome() {
         }
     }
 }
+
+#[test]
+fn an_order_given_to_another_plan_while_its_object_is_open_is_not_used() {
+    // Q: `a` kept, `email` dropped, other names kept. P: `k00` is a Q, and 63 more members
+    // each of a plan of its own: met first, they fill the thread's orders, so that Q's order
+    // takes the place of P's while a P is read. A P that held `email` (outside its fields)
+    // must not teach Q that `email` is outside Q's fields.
+    std::thread::spawn(|| {
+        let q = ValuePlan::Object(ObjectPlan::new(
+            vec![
+                ("a".into(), ValuePlan::Keep),
+                ("email".into(), ValuePlan::Drop),
+            ],
+            Some(Box::new(ValuePlan::Keep)),
+        ));
+        let mut fields: Vec<(Box<str>, ValuePlan)> = vec![("k00".into(), q)];
+        for i in 1..=63 {
+            fields.push((format!("k{i:02}").into(), plan_keep(&["z"])));
+        }
+        let plan = ValuePlan::Array(Box::new(ValuePlan::Object(ObjectPlan::new(fields, None))));
+        let mut first = String::from("{");
+        for i in 1..=63 {
+            first.push_str(&format!(r#""k{i:02}":{{"z":1}},"#));
+        }
+        first.push_str(r#""k00":{"z":1},"email":"x"}"#);
+        for second in [
+            r#"{"k00":{"a":1,"email":"secret"}}"#,
+            r#"{"k00":{"a":1,"email":"s1","email":"s2"}}"#,
+        ] {
+            let input = format!("[{first},{second}]");
+            let run = |s: &mut Scanner| {
+                let mut out = Vec::new();
+                s.scan(input.as_bytes(), true, Some(&plan), None, &mut out)
+                    .map(|_| String::from_utf8(out).unwrap())
+            };
+            let want = run(&mut Scanner::without_guesses(8));
+            assert!(
+                !want.as_deref().unwrap_or_default().contains('s'),
+                "{want:?}"
+            );
+            assert_eq!(run(&mut Scanner::new(8)), want, "{second}");
+            assert_eq!(run(&mut Scanner::new(8)), want, "{second}, learnt");
+        }
+    })
+    .join()
+    .unwrap();
+}
