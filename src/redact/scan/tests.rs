@@ -337,7 +337,7 @@ fn a_learnt_member_order_never_changes_what_is_written_or_refused() {
 fn orders_of_many_plans_replace_each_other_without_changing_any_outcome() {
     // More plans than a thread keeps orders for, met in turn; names outside the fields longer
     // than those remembered.
-    let plans: Vec<ValuePlan> = (0..40)
+    let plans: Vec<ValuePlan> = (0..100)
         .map(|i| plan_keep(&["id", if i % 2 == 0 { "a" } else { "b" }]))
         .collect();
     let long = "l".repeat(100);
