@@ -57,6 +57,13 @@ struct Order {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Place(usize);
 
+/// Where the order of one plan is kept among a thread's orders, with that plan.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot<'p> {
+    plan: &'p ObjectPlan,
+    at: usize,
+}
+
 /// A member known from a guess: the length of its name, quotes included, and what the plan
 /// says of it.
 pub(super) struct Known<'p> {
@@ -71,6 +78,16 @@ impl Order {
 
     fn unknown(&self) -> Place {
         Place(self.fields + 1)
+    }
+
+    /// The place of `names[j]`.
+    fn named(&self, j: usize) -> Place {
+        Place(self.fields + 2 + j)
+    }
+
+    /// The remembered name at `place`, if `place` is one.
+    fn name_at(&self, place: Place) -> Option<&QuotedName> {
+        self.names.get(place.0.checked_sub(self.fields + 2)?)
     }
 }
 
@@ -96,7 +113,13 @@ impl Orders {
 
     /// The order of `plan`'s objects, made on first use (in place of the oldest order when
     /// `PLANS` are kept); `None` when the plan has too many fields to index.
-    pub(super) fn of(&mut self, plan: &ObjectPlan) -> Option<usize> {
+    pub(super) fn of<'p>(&mut self, plan: &'p ObjectPlan) -> Option<Slot<'p>> {
+        let at = self.place_of(plan)?;
+        Some(Slot { plan, at })
+    }
+
+    /// The index of `plan`'s order, as [`Orders::of`] finds or makes it.
+    fn place_of(&mut self, plan: &ObjectPlan) -> Option<usize> {
         let id = plan.id();
         if let Some(at) = self.orders.iter().position(|o| o.plan == id) {
             return Some(at);
@@ -128,29 +151,38 @@ impl Orders {
         Some(at)
     }
 
-    /// The order at `order` if it still holds `plan`'s: an object's slot can be given to
-    /// another plan while members of the object are being read (objects nested in it, of
-    /// plans not kept yet), and that plan's fields and names are not this one's.
-    fn mine(&self, order: usize, plan: &ObjectPlan) -> Option<&Order> {
-        self.orders.get(order).filter(|o| o.plan == plan.id())
+    /// The order at `slot` if it still holds its plan's: a slot can be given to another plan
+    /// while members of an object are being read (objects nested in it, of plans not kept
+    /// yet), and that plan's fields and names are not this one's.
+    fn mine(&self, slot: Slot<'_>) -> Option<&Order> {
+        self.orders
+            .get(slot.at)
+            .filter(|o| o.plan == slot.plan.id())
     }
 
-    /// The place of an object's start in `order`, `plan`'s.
-    pub(super) fn start(&self, order: usize, plan: &ObjectPlan) -> Option<Place> {
-        self.mine(order, plan).map(Order::start)
+    /// [`Orders::mine`], to change.
+    fn mine_mut(&mut self, slot: Slot<'_>) -> Option<&mut Order> {
+        self.orders
+            .get_mut(slot.at)
+            .filter(|o| o.plan == slot.plan.id())
     }
 
-    /// The member guessed to follow `previous`, if `input` (on the name's opening quote)
-    /// holds that member's name as is. `plan` is the plan whose order is `order`.
+    /// The place of an object's start in the order at `slot`.
+    pub(super) fn start(&self, slot: Slot<'_>) -> Option<Place> {
+        self.mine(slot).map(Order::start)
+    }
+
+    /// The member guessed to follow `previous` in the order at `slot`, if `input` (on the
+    /// name's opening quote) holds that member's name as is.
     #[inline(always)]
     pub(super) fn guess<'p>(
         &self,
-        order: usize,
+        slot: Slot<'p>,
         previous: Place,
-        plan: &'p ObjectPlan,
         input: &[u8],
     ) -> (Option<Place>, Option<Known<'p>>) {
-        let Some(order) = self.mine(order, plan) else {
+        let plan = slot.plan;
+        let Some(order) = self.mine(slot) else {
             return (None, None);
         };
         let next = match order.next.get(previous.0) {
@@ -162,7 +194,7 @@ impl Orders {
                 .map(|(len, member)| Known { len, member })
         } else {
             // The start and an unremembered name are never guessed: no name there.
-            let name = (next.checked_sub(order.fields + 2)).and_then(|j| order.names.get(j));
+            let name = order.name_at(Place(next));
             name.and_then(|n| n.at(input)).map(|len| Known {
                 len,
                 member: plan.other_member(),
@@ -172,29 +204,29 @@ impl Orders {
     }
 
     /// Records that after `previous` came `member` (its raw name `raw`, `escaped` if it held
-    /// escapes), where `guessed` was expected, in the order of `plan` at `order`; returns the
-    /// member's place (`None`: the order is no longer `plan`'s).
+    /// escapes), where `guessed` was expected, in the order at `slot`; returns the member's
+    /// place (`None`: the order there is no longer the slot's plan's).
     pub(super) fn learn(
         &mut self,
-        (plan, order): (&ObjectPlan, usize),
+        slot: Slot<'_>,
         previous: Place,
         guessed: Option<Place>,
         member: Member<'_>,
         raw: &[u8],
         escaped: bool,
     ) -> Option<Place> {
-        let order = self.orders.get_mut(order).filter(|o| o.plan == plan.id())?;
+        let order = self.mine_mut(slot)?;
         let came = match member {
             Member::Field(i, _) => Place(i),
             _ if escaped => order.unknown(),
             _ => match order.names.iter().position(|n| n.quotes(raw)) {
-                Some(j) => Place(order.fields + 2 + j),
+                Some(j) => order.named(j),
                 None if order.names.len() < NAMES && raw.len() <= NAME_BYTES => {
                     match std::str::from_utf8(raw).map(QuotedName::new) {
                         Ok(quoted) if !quoted.is_empty() => {
                             order.names.push(quoted);
                             order.next.push(NOTHING);
-                            Place(order.fields + 2 + order.names.len() - 1)
+                            order.named(order.names.len() - 1)
                         }
                         _ => order.unknown(),
                     }

@@ -255,20 +255,18 @@ impl Scanner {
             }
             return Ok(());
         }
-        let order = plan
-            .filter(|_| self.guess)
-            .and_then(|p| self.orders.of(p).map(|o| (p, o)));
+        let order = plan.filter(|_| self.guess).and_then(|p| self.orders.of(p));
         // Where the previous member stands in the order: the object's start at first.
-        let mut previous = order.and_then(|(p, o)| self.orders.start(o, p));
+        let mut previous = order.and_then(|slot| self.orders.start(slot));
         loop {
             if byte != b'"' {
                 return Err(ScanError::Malformed);
             }
             let key_start = cx.pos + 1;
             let (guessed, known) = match (order, previous) {
-                (Some((p, o)), Some(at)) => {
+                (Some(slot), Some(at)) => {
                     let input = cx.input.get(cx.pos..).unwrap_or_default();
-                    self.orders.guess(o, at, p, input)
+                    self.orders.guess(slot, at, input)
                 }
                 _ => (None, None),
             };

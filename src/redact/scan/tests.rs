@@ -242,9 +242,10 @@ fn outcome(scanner: &mut Scanner, input: &str, plan: &ValuePlan) -> Result<Strin
 
 #[test]
 fn a_learnt_member_order_never_changes_what_is_written_or_refused() {
-    // Fields `id`, `a` (kept), `n` (kept, nested) and two longer names, no wildcard: `x` and `y` are
-    // dropped names outside it. Each member is a way to meet or break a guess: the names as
-    // is, escaped, repeated, a prefix or extension of a guessed name, an unquoted name.
+    // Fields `id`, `a` (kept), `n` (kept, nested) and two longer names, no wildcard: `x` and
+    // `y` are dropped names outside it. Each member is a way to meet or break a guess: the
+    // names as is, escaped, repeated, a prefix or extension of a guessed name, an unquoted
+    // name.
     let plan = ValuePlan::Object(ObjectPlan::new(
         vec![
             ("id".into(), ValuePlan::Keep),
