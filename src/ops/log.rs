@@ -152,6 +152,29 @@ enum Plain<'a> {
     },
 }
 
+impl<'a> Plain<'a> {
+    /// In the writing pass, writes one field: the space before it unless it is the first,
+    /// then what `field` writes (nothing more once a write failed).
+    fn write_field(&mut self, field: impl FnOnce(&mut Writer<'a>) -> fmt::Result) {
+        if let Plain::Write {
+            writer,
+            first,
+            result,
+        } = self
+            && result.is_ok()
+        {
+            let space = if *first { "" } else { " " };
+            *first = false;
+            *result = writer.write_str(space).and_then(|()| field(writer));
+        }
+    }
+}
+
+/// Writes `pieces` one after the other.
+fn write_all(writer: &mut Writer<'_>, pieces: &[&str]) -> fmt::Result {
+    pieces.iter().try_for_each(|piece| writer.write_str(piece))
+}
+
 impl Visit for Plain<'_> {
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         match self {
@@ -163,23 +186,14 @@ impl Visit for Plain<'_> {
 
     fn record_str(&mut self, field: &Field, value: &str) {
         // Printable ASCII other than a quote or a backslash: `Debug` writes it as it is, quoted.
-        let as_is = value
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        let as_is = |value: &str| {
+            value
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+        };
         match self {
-            Plain::Write {
-                writer,
-                first,
-                result,
-            } if as_is => {
-                if result.is_err() {
-                    return;
-                }
-                let space = if *first { "" } else { " " };
-                *first = false;
-                *result = [space, field.name(), "=\"", value, "\""]
-                    .into_iter()
-                    .try_for_each(|piece| writer.write_str(piece));
+            Plain::Write { .. } if as_is(value) => {
+                self.write_field(|w| write_all(w, &[field.name(), "=\"", value, "\""]));
             }
             _ => self.record_debug(field, &value),
         }
@@ -187,21 +201,10 @@ impl Visit for Plain<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         match self {
-            Plain::Write {
-                writer,
-                first,
-                result,
-            } => {
-                if result.is_err() {
-                    return;
-                }
-                let space = if *first { "" } else { " " };
-                *first = false;
+            Plain::Write { .. } => {
                 let mut digits = itoa::Buffer::new();
                 let text = digits.format(value);
-                *result = [space, field.name(), "=", text]
-                    .into_iter()
-                    .try_for_each(|piece| writer.write_str(piece));
+                self.write_field(|w| write_all(w, &[field.name(), "=", text]));
             }
             Plain::Check(_) => self.record_debug(field, &value),
         }
@@ -215,17 +218,8 @@ impl Visit for Plain<'_> {
                     *plain = false;
                 }
             }
-            Plain::Write {
-                writer,
-                first,
-                result,
-            } => {
-                if result.is_err() {
-                    return;
-                }
-                let space = if *first { "" } else { " " };
-                *first = false;
-                *result = write!(writer, "{space}{}={value:?}", field.name());
+            Plain::Write { .. } => {
+                self.write_field(|w| write!(w, "{}={value:?}", field.name()));
             }
         }
     }
