@@ -19,7 +19,7 @@ use super::body::{self, Body, BoxError, ChannelBody, Coding, Decoded};
 use super::refusal::Refusal;
 use crate::consent::decide::Consent;
 use crate::policy::compiled::{CompiledPolicy, PurposeId};
-use crate::redact::{Limits, RedactError, Redactor};
+use crate::redact::{Limits, RedactError, Redactor, spare};
 
 /// Output held back before the response head is sent.
 pub const HOLD_BYTES: usize = 32 * 1024;
@@ -100,7 +100,7 @@ pub async fn protect(
             let body = if job.req.head {
                 body::empty()
             } else {
-                body::full(std::mem::take(&mut job.held))
+                body::full(spare::into_bytes(std::mem::take(&mut job.held)))
             };
             Ok(finish_head(parts, body, Some(len)))
         }
@@ -262,9 +262,6 @@ impl BodyJob {
                     if self.read > gw.limits.max_body_bytes {
                         return Err(Refusal::BodyTooLarge);
                     }
-                    if self.held.capacity() == 0 {
-                        self.held.reserve(bytes.len());
-                    }
                     self.redactor.push(bytes).map_err(|e| refusal_of(&e))?;
                 }
                 None => self.redactor.finish().map_err(|e| refusal_of(&e))?,
@@ -290,7 +287,9 @@ impl BodyJob {
             }
             if self.req.head {
                 // HEAD: the body is examined for the status and its length, then discarded.
-                self.discarded += self.redactor.take_output().len() as u64;
+                let discarded = self.redactor.take_output();
+                self.discarded += discarded.len() as u64;
+                spare::give(discarded);
             } else {
                 self.redactor.drain_output_into(&mut self.held);
             }
@@ -310,7 +309,7 @@ impl BodyJob {
     /// transfer, so the client sees a broken body, never a complete-looking one.
     async fn stream(mut self, gw: Arc<Gateway>, tx: mpsc::Sender<Result<Bytes, BoxError>>) {
         loop {
-            let first = Bytes::from(std::mem::take(&mut self.held));
+            let first = spare::into_bytes(std::mem::take(&mut self.held));
             if !first.is_empty() && tx.send(Ok(first)).await.is_err() {
                 // The client went away.
                 self.decision_line(Ok(()), "client_gone");
@@ -319,7 +318,7 @@ impl BodyJob {
             match self.fill(&gw).await {
                 Ok(false) => continue,
                 Ok(true) => {
-                    let last = Bytes::from(std::mem::take(&mut self.held));
+                    let last = spare::into_bytes(std::mem::take(&mut self.held));
                     if !last.is_empty() {
                         let _ = tx.send(Ok(last)).await;
                     }

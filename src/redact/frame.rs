@@ -9,6 +9,7 @@
 use std::ops::Range;
 
 use super::scan::is_ws;
+use super::spare;
 
 /// Something the framer found.
 #[derive(Debug, PartialEq, Eq)]
@@ -126,7 +127,7 @@ impl Framer {
         Self {
             path,
             single,
-            buf: Vec::new(),
+            buf: spare::take(0),
             pos: 0,
             state: State::Root,
             level: 0,
@@ -527,6 +528,12 @@ impl Framer {
                 Event::Body(range)
             }
         }))
+    }
+}
+
+impl Drop for Framer {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.buf));
     }
 }
 

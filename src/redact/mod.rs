@@ -7,6 +7,7 @@
 pub mod frame;
 mod order;
 pub mod scan;
+pub mod spare;
 pub mod stream;
 pub mod transform;
 

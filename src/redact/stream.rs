@@ -12,6 +12,7 @@ use crate::policy::compiled::{ObjectPlan, RecordsAt, SubjectAt, ValuePlan, View,
 
 use super::frame::{Event, FrameError, Framer};
 use super::scan::{self, ScanError, Scanner};
+use super::spare;
 
 /// Room reserved for output when a buffer starts.
 const OUTPUT_CAPACITY: usize = 16 * 1024;
@@ -144,12 +145,13 @@ impl Redactor {
             single,
             levels: Vec::new(),
             first_record: true,
-            pending: Vec::new(),
-            subjects: String::new(),
-            pending_out: Vec::new(),
+            pending: Vec::with_capacity(if single { 1 } else { limits.batch.min(64) }),
+            // An empty buffer is valid UTF-8: `from_utf8` only takes its allocation over.
+            subjects: String::from_utf8(spare::take(0)).unwrap_or_default(),
+            pending_out: spare::take(0),
             scanner: Scanner::new(limits.max_depth),
             deferred: None,
-            out: Vec::with_capacity(OUTPUT_CAPACITY),
+            out: spare::take(OUTPUT_CAPACITY),
             counts: Counts::default(),
             done: false,
         }
@@ -229,7 +231,7 @@ impl Redactor {
 
     /// Takes the output written so far.
     pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.out, Vec::with_capacity(OUTPUT_CAPACITY))
+        std::mem::replace(&mut self.out, spare::take(OUTPUT_CAPACITY))
     }
 
     /// Moves the output written so far to the end of `into`.
@@ -238,7 +240,10 @@ impl Redactor {
             // The buffer changes hands instead of being copied; output goes on in `into`'s.
             std::mem::swap(into, &mut self.out);
             if self.out.capacity() < OUTPUT_CAPACITY {
-                self.out = Vec::with_capacity(OUTPUT_CAPACITY);
+                spare::give(std::mem::replace(
+                    &mut self.out,
+                    spare::take(OUTPUT_CAPACITY),
+                ));
             }
         } else {
             into.append(&mut self.out);
@@ -431,6 +436,14 @@ impl Redactor {
         }
         level.first = false;
         was_first
+    }
+}
+
+impl Drop for Redactor {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.out));
+        spare::give(std::mem::take(&mut self.pending_out));
+        spare::give(std::mem::take(&mut self.subjects).into_bytes());
     }
 }
 
