@@ -58,6 +58,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_hop_by_hop_and(headers, |_| false);
+}
+
+/// Removes hop-by-hop headers, those named in `Connection`, and those `also` names. The fields
+/// are looked over once; only the names present are removed (a removal hashes the name).
+fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -65,10 +71,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || named.contains(name) || also(name))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }
@@ -81,14 +89,10 @@ pub fn upstream_headers(
     upstream_host: &HeaderValue,
     protected: bool,
 ) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    for name in &NEVER_FORWARDED {
-        headers.remove(name);
-    }
+    remove_hop_by_hop_and(&mut headers, |name| {
+        NEVER_FORWARDED.contains(name) || (protected && CONDITIONAL.contains(name))
+    });
     if protected {
-        for name in &CONDITIONAL {
-            headers.remove(name);
-        }
         // Asked for plainly; a coded answer is still decoded, an unknown one refused.
         headers.insert(
             header::ACCEPT_ENCODING,
@@ -105,4 +109,89 @@ pub fn upstream_headers(
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        headers.keys().map(HeaderName::as_str).collect()
+    }
+
+    /// A map holding every name the gateway removes, each twice, among fields it keeps.
+    fn crowded() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_static("x");
+        headers.append("accept", HeaderValue::from_static("application/json"));
+        headers.append(header::CONNECTION, HeaderValue::from_static("close, X-Hop"));
+        headers.append(header::CONNECTION, HeaderValue::from_static(" x-other ,"));
+        for name in HOP_BY_HOP
+            .iter()
+            .chain(&NEVER_FORWARDED)
+            .chain(&CONDITIONAL)
+            .chain(&[
+                HeaderName::from_static("x-hop"),
+                HeaderName::from_static("x-other"),
+            ])
+        {
+            headers.append(name.clone(), value.clone());
+            headers.append(name.clone(), value.clone());
+        }
+        headers.append("x-custom", HeaderValue::from_static("one"));
+        headers.append("x-custom", HeaderValue::from_static("two"));
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_removed_with_all_their_values() {
+        let mut headers = crowded();
+        strip_hop_by_hop(&mut headers);
+        for name in HOP_BY_HOP
+            .iter()
+            .map(HeaderName::as_str)
+            .chain(["x-hop", "x-other"])
+        {
+            assert!(!headers.contains_key(name), "{name} is left");
+        }
+        for name in NEVER_FORWARDED.iter().chain(&CONDITIONAL) {
+            assert_eq!(
+                headers.get_all(name).iter().count(),
+                2,
+                "{name} was removed"
+            );
+        }
+        let custom: Vec<_> = headers.get_all("x-custom").iter().collect();
+        assert_eq!(custom, ["one", "two"]);
+    }
+
+    #[test]
+    fn the_upstream_sees_no_field_it_must_not_and_the_gateways_forwarding_fields_once() {
+        let client: SocketAddr = ([192, 0, 2, 7], 40000).into();
+        let upstream = HeaderValue::from_static("crm.internal:8080");
+        for protected in [false, true] {
+            let original = Some(HeaderValue::from_static("gateway.example"));
+            let headers = upstream_headers(crowded(), client, original, &upstream, protected);
+            let mut expected = vec!["accept", "x-custom", "host", "x-forwarded-for"];
+            expected.extend(["x-forwarded-proto", "x-forwarded-host"]);
+            if protected {
+                expected.push("accept-encoding");
+            } else {
+                expected.extend(CONDITIONAL.iter().map(HeaderName::as_str));
+            }
+            let mut seen = names(&headers);
+            seen.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(seen, expected, "protected: {protected}");
+            for (name, value) in [
+                ("host", "crm.internal:8080"),
+                ("x-forwarded-for", "192.0.2.7"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "gateway.example"),
+            ] {
+                let values: Vec<_> = headers.get_all(name).iter().collect();
+                assert_eq!(values, [value], "{name}");
+            }
+        }
+    }
 }
