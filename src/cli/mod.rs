@@ -95,7 +95,8 @@ pub fn init_tracing() -> Option<crate::ops::log::FlushGuard> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(writer.clone());
+        .with_writer(writer.clone())
+        .with_timer(crate::ops::log::SecondClock);
     let installed = if json {
         builder.json().try_init()
     } else {

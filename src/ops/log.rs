@@ -225,6 +225,79 @@ impl Visit for Plain<'_> {
     }
 }
 
+/// Timestamps as tracing-subscriber's `SystemTime` writes them (RFC 3339 in UTC, microseconds:
+/// `2026-11-24T20:02:01.123456Z`), with the date and time up to the second formatted once per
+/// second per thread instead of once per line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SecondClock;
+
+thread_local! {
+    /// The second last formatted on this thread, and its text up to the seconds.
+    static SECOND: std::cell::Cell<(i64, [u8; 19])> = const { std::cell::Cell::new((i64::MIN, [0; 19])) };
+}
+
+impl tracing_subscriber::fmt::time::FormatTime for SecondClock {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        let now = std::time::SystemTime::now();
+        let Ok(since) = now.duration_since(std::time::UNIX_EPOCH) else {
+            return tracing_subscriber::fmt::time::SystemTime.format_time(w);
+        };
+        let Ok(secs) = i64::try_from(since.as_secs()) else {
+            return tracing_subscriber::fmt::time::SystemTime.format_time(w);
+        };
+        let cached = SECOND.try_with(std::cell::Cell::get).ok();
+        let prefix = match cached {
+            Some((second, prefix)) if second == secs => prefix,
+            _ => match second_text(secs) {
+                Some(prefix) => {
+                    let _ = SECOND.try_with(|c| c.set((secs, prefix)));
+                    prefix
+                }
+                // Years outside 0..=9999 are written the default's way.
+                None => return tracing_subscriber::fmt::time::SystemTime.format_time(w),
+            },
+        };
+        let mut micros = [0u8; 6];
+        let mut n = since.subsec_micros();
+        for digit in micros.iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        let (Ok(prefix), Ok(micros)) = (std::str::from_utf8(&prefix), std::str::from_utf8(&micros))
+        else {
+            return tracing_subscriber::fmt::time::SystemTime.format_time(w);
+        };
+        write_all(w, &[prefix, ".", micros, "Z"])
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time in UTC, for years 0 to 9999.
+fn second_text(secs: i64) -> Option<[u8; 19]> {
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let mut text = [0u8; 19];
+    let mut at = 0;
+    let mut put = |n: u32, width: u32, then: Option<u8>| {
+        for place in (0..width).rev() {
+            if let Some(b) = text.get_mut(at) {
+                *b = b'0' + (n / 10u32.pow(place) % 10) as u8;
+            }
+            at += 1;
+        }
+        if let (Some(sep), Some(b)) = (then, text.get_mut(at)) {
+            *b = sep;
+            at += 1;
+        }
+    };
+    put(year, 4, Some(b'-'));
+    put(u32::from(u8::from(t.month())), 2, Some(b'-'));
+    put(u32::from(t.day()), 2, Some(b'T'));
+    put(u32::from(t.hour()), 2, Some(b':'));
+    put(u32::from(t.minute()), 2, Some(b':'));
+    put(u32::from(t.second()), 2, None);
+    Some(text)
+}
+
 /// Flushes at the end of scope (the process's exit path).
 pub struct FlushGuard(pub BatchedStderr);
 
@@ -345,5 +418,58 @@ mod tests {
             w.inner.lock().unwrap().buf.is_empty(),
             "a full batch is written at once"
         );
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+
+    use super::{SecondClock, second_text};
+
+    fn text(timer: &impl FormatTime) -> String {
+        let mut s = String::new();
+        timer
+            .format_time(&mut Writer::new(&mut s))
+            .expect("formats");
+        s
+    }
+
+    #[test]
+    fn the_second_is_written_in_utc_as_rfc_3339_writes_it() {
+        for (secs, expected) in [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_795_550_521, "2026-11-24T20:02:01"),
+            (253_402_300_799, "9999-12-31T23:59:59"),
+            (-62_167_219_200, "0000-01-01T00:00:00"),
+        ] {
+            let text = second_text(secs).map(|t| String::from_utf8_lossy(&t).into_owned());
+            assert_eq!(text.as_deref(), Some(expected), "{secs}");
+        }
+        assert_eq!(second_text(253_402_300_800), None, "year 10000");
+        assert_eq!(second_text(-62_167_219_201), None, "year -1");
+    }
+
+    #[test]
+    fn lines_are_stamped_as_the_default_timer_stamps_them() {
+        let mut checked = 0;
+        for _ in 0..1000 {
+            let before = text(&SystemTime);
+            let ours = text(&SecondClock);
+            let after = text(&SystemTime);
+            // Across a second's change the seconds may differ; compare within one second.
+            if before.get(..19) != after.get(..19) {
+                continue;
+            }
+            assert_eq!(ours.len(), before.len(), "{ours} beside {before}");
+            assert_eq!(ours.get(..20), before.get(..20), "{ours} beside {before}");
+            assert!(ours.ends_with('Z'));
+            assert!(ours[20..26].bytes().all(|b| b.is_ascii_digit()), "{ours}");
+            assert!(before.as_str() <= ours.as_str() && ours.as_str() <= after.as_str());
+            checked += 1;
+        }
+        assert!(checked > 0, "every try straddled a second");
     }
 }
