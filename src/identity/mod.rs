@@ -62,13 +62,14 @@ pub fn resolve_purpose<'p>(
     if name.contains(',') {
         return Err(Refusal::PurposeAmbiguous);
     }
-    let shown: String = name.chars().take(64).collect();
+    // The name as a refusal shows it, built only for a refusal.
+    let shown = || name.chars().take(64).collect::<String>();
     // Exact, case-sensitive: `Marketing` is not `marketing`.
     let id = policy
         .purpose_id(name)
-        .ok_or_else(|| Refusal::PurposeUnknown(shown.clone()))?;
+        .ok_or_else(|| Refusal::PurposeUnknown(shown()))?;
     if !caller.purposes.contains(&id) {
-        return Err(Refusal::PurposeNotAllowed(shown));
+        return Err(Refusal::PurposeNotAllowed(shown()));
     }
     let purpose = policy
         .purposes
