@@ -119,53 +119,104 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchedStderr {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PlainFields;
 
+thread_local! {
+    /// The fields of the line being formatted on this thread.
+    static FIELDS: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Field text a thread keeps room for between lines.
+const FIELDS_KEPT: usize = 4 * 1024;
+
 impl<'w> FormatFields<'w> for PlainFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
         if !writer.has_ansi_escapes() {
-            let mut check = Plain::Check(true);
-            fields.record(&mut check);
-            if matches!(check, Plain::Check(true)) {
-                let mut write = Plain::Write {
-                    writer: writer.by_ref(),
-                    first: true,
+            // One pass into the thread's buffer, one write of it: a field the default must
+            // write after all costs only the buffer's contents.
+            let written = FIELDS.try_with(|cell| {
+                let mut buf = cell.try_borrow_mut().ok()?;
+                buf.clear();
+                let mut plain = Plain {
+                    buf: &mut buf,
+                    plain: true,
                     result: Ok(()),
                 };
-                fields.record(&mut write);
-                return match write {
-                    Plain::Write { result, .. } => result,
-                    Plain::Check(_) => Ok(()),
-                };
+                fields.record(&mut plain);
+                let Plain { plain, result, .. } = plain;
+                let written = plain.then(|| result.and_then(|()| writer.write_str(&buf)));
+                if buf.capacity() > FIELDS_KEPT {
+                    *buf = String::new();
+                }
+                written
+            });
+            if let Ok(Some(result)) = written {
+                return result;
             }
         }
         DefaultFields::new().format_fields(writer, fields)
     }
 }
 
-/// The two passes of [`PlainFields`]: whether every field can be written plainly, then the
-/// writing.
-enum Plain<'a> {
-    Check(bool),
-    Write {
-        writer: Writer<'a>,
-        first: bool,
-        result: fmt::Result,
-    },
+/// The fields of one line as [`PlainFields`] writes them, and whether all of them could be.
+struct Plain<'a> {
+    buf: &'a mut String,
+    /// False once a field needs the default formatter.
+    plain: bool,
+    /// The first error a value's `Debug` returned.
+    result: fmt::Result,
 }
 
-impl<'a> Plain<'a> {
-    /// In the writing pass, writes one field: the space before it unless it is the first,
-    /// then what `field` writes (nothing more once a write failed).
-    fn write_field(&mut self, field: impl FnOnce(&mut Writer<'a>) -> fmt::Result) {
-        if let Plain::Write {
-            writer,
-            first,
-            result,
-        } = self
-            && result.is_ok()
-        {
-            let space = if *first { "" } else { " " };
-            *first = false;
-            *result = writer.write_str(space).and_then(|()| field(writer));
+impl Plain<'_> {
+    /// Starts a field: false (write nothing) if the line goes to the default after all, or if
+    /// the field is one the default writes apart.
+    fn start(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if name == "message" || name.starts_with("log.") || name.starts_with("r#") {
+            self.plain = false;
+        }
+        if !self.plain || self.result.is_err() {
+            return false;
+        }
+        if !self.buf.is_empty() {
+            self.buf.push(' ');
+        }
+        true
+    }
+}
+
+impl Visit for Plain<'_> {
+    fn record_error(&mut self, _field: &Field, _value: &(dyn std::error::Error + 'static)) {
+        // The default writes an error's sources too.
+        self.plain = false;
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        // Printable ASCII other than a quote or a backslash: `Debug` writes it as it is, quoted.
+        let as_is = value
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        if !as_is {
+            return self.record_debug(field, &value);
+        }
+        if self.start(field) {
+            for piece in [field.name(), "=\"", value, "\""] {
+                self.buf.push_str(piece);
+            }
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.start(field) {
+            let mut digits = itoa::Buffer::new();
+            for piece in [field.name(), "=", digits.format(value)] {
+                self.buf.push_str(piece);
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.start(field) {
+            use std::fmt::Write as _;
+            self.result = write!(self.buf, "{}={value:?}", field.name());
         }
     }
 }
@@ -173,56 +224,6 @@ impl<'a> Plain<'a> {
 /// Writes `pieces` one after the other.
 fn write_all(writer: &mut Writer<'_>, pieces: &[&str]) -> fmt::Result {
     pieces.iter().try_for_each(|piece| writer.write_str(piece))
-}
-
-impl Visit for Plain<'_> {
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        match self {
-            Plain::Check(plain) => *plain = false,
-            // Not reached: the check pass refused errors.
-            Plain::Write { .. } => self.record_debug(field, &format_args!("{value}")),
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        // Printable ASCII other than a quote or a backslash: `Debug` writes it as it is, quoted.
-        let as_is = |value: &str| {
-            value
-                .bytes()
-                .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-        };
-        match self {
-            Plain::Write { .. } if as_is(value) => {
-                self.write_field(|w| write_all(w, &[field.name(), "=\"", value, "\""]));
-            }
-            _ => self.record_debug(field, &value),
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match self {
-            Plain::Write { .. } => {
-                let mut digits = itoa::Buffer::new();
-                let text = digits.format(value);
-                self.write_field(|w| write_all(w, &[field.name(), "=", text]));
-            }
-            Plain::Check(_) => self.record_debug(field, &value),
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        match self {
-            Plain::Check(plain) => {
-                let name = field.name();
-                if name == "message" || name.starts_with("log.") || name.starts_with("r#") {
-                    *plain = false;
-                }
-            }
-            Plain::Write { .. } => {
-                self.write_field(|w| write!(w, "{}={value:?}", field.name()));
-            }
-        }
-    }
 }
 
 /// Timestamps as tracing-subscriber's `SystemTime` writes them (RFC 3339 in UTC, microseconds:
