@@ -28,7 +28,7 @@ pub struct CompiledPolicy {
 /// A purpose of processing and its lawful basis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purpose {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub basis: LawfulBasis,
     /// A CCPA/CPRA "sale or sharing" purpose: it stops when the subject opted out.
     pub sale_or_sharing: bool,
@@ -62,7 +62,7 @@ impl LawfulBasis {
 /// A calling application and the purposes it may declare.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// SHA-256 of the API key; compared in constant time.
     pub key_sha256: [u8; 32],
     /// Purposes this caller may declare (purpose limitation).
@@ -103,7 +103,7 @@ pub struct Passthrough {
 /// A protected route of the CRM API.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     /// Methods this route covers; `HEAD` is served as `GET` without a body.
     pub methods: Vec<http::Method>,
     pub path: PathTemplate,

@@ -45,7 +45,7 @@ pub struct Protected {
     pub path_subject: Option<String>,
     pub gpc: bool,
     pub head: bool,
-    pub caller: Box<str>,
+    pub caller: Arc<str>,
     /// The end of the whole exchange with the upstream (`timeouts.total_ms`).
     pub deadline: tokio::time::Instant,
 }

@@ -76,7 +76,8 @@ impl Scanner {
     pub fn new(max_depth: usize) -> Self {
         Self {
             max_depth,
-            keys: Vec::with_capacity(64),
+            // Allocated on the first key outside a plan's fields: many bodies have none.
+            keys: Vec::new(),
             orders: Orders::default(),
             guess: true,
         }
