@@ -61,8 +61,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_hop_by_hop_and(headers, |_| false);
 }
 
-/// Removes hop-by-hop headers, those named in `Connection`, and those `also` names. The fields
-/// are looked over once; only the names present are removed (a removal hashes the name).
+/// Removes hop-by-hop headers, those named in `Connection`, and those `also` names. For the
+/// fixed lists, the fields are looked over once and only the names present are removed (a
+/// removal hashes the name). The names a client lists in `Connection` are removed one by one:
+/// looking each field up among them would cost fields times names, both the client's choice.
 fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -71,9 +73,12 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> 
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
+    for name in named {
+        headers.remove(name);
+    }
     let present: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || named.contains(name) || also(name))
+        .filter(|name| HOP_BY_HOP.contains(name) || also(name))
         .cloned()
         .collect();
     for name in present {
