@@ -820,6 +820,35 @@ proptest! {
             }
         }
     }
+    /// Buffers and learnt member orders kept by a thread carry nothing from one body to the
+    /// next: a body redacted after another, even one cut short or refused half-way, comes out
+    /// as it does on a thread that never redacted anything.
+    #[test]
+    fn an_earlier_body_leaves_nothing_in_a_later_one(
+        (first_case, mut first, first_seed) in case_and_body(view_from(any_plan())),
+        (c, body, seed) in case_and_body(view_from(any_plan())),
+        cut in any::<Index>(),
+        split_at in any::<Index>(),
+    ) {
+        let mut n = 0;
+        mark_strings(&mut first, &mut n);
+        let first_text = to_styled_text(&first, first_seed);
+        let first_bytes = first_text.as_bytes();
+        let prefix = &first_bytes[..cut.index(first_bytes.len() + 1)];
+        let at = split_at.index(prefix.len() + 1);
+        let text = to_styled_text(&body, seed);
+        let alone = {
+            let (c, text) = (c.clone(), text.clone());
+            std::thread::spawn(move || run_whole(&c, text.as_bytes()))
+                .join()
+                .map_err(|_| TestCaseError::fail("the engine panicked"))?
+        };
+        run_engine(&first_case, &[&prefix[..at], &prefix[at..]], batched(2));
+        let after = run_whole(&c, text.as_bytes());
+        prop_assert_eq!(&after.result, &alone.result);
+        prop_assert_eq!(show(&after.output), show(&alone.output));
+        prop_assert!(markers_in(&show(&after.output)).is_empty(), "{}", show(&after.output));
+    }
 }
 
 /// Replaces every string value (ids excepted) by a unique marker `<secret-N>`.
