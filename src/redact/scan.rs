@@ -160,7 +160,15 @@ impl Scanner {
             Some(ValuePlan::Transform(t)) => {
                 let scalar = match byte {
                     b'"' => {
-                        let (raw, escaped) = cx.string()?;
+                        let (raw, escaped, ascii) = cx.string_parts()?;
+                        // ASCII without escapes: validated bytes that need neither decoding nor
+                        // escaping again.
+                        if ascii && !escaped && transform::write_plain_ascii(t, raw, out) {
+                            if subject.is_some_and(<[Box<str>]>::is_empty) {
+                                cx.subject = Some(start..cx.pos);
+                            }
+                            return Ok(true);
+                        }
                         Scalar::Str(text_of(raw, escaped)?)
                     }
                     b'-' | b'0'..=b'9' => {
@@ -660,6 +668,13 @@ impl<'i> Cx<'i> {
     /// whether they hold escapes. Escapes, control characters and UTF-8 are validated.
     #[inline(always)]
     fn string(&mut self) -> Result<(&'i [u8], bool), ScanError> {
+        self.string_parts().map(|(raw, escaped, _)| (raw, escaped))
+    }
+
+    /// As [`Self::string`], and whether the contents are all ASCII (false may be said of some
+    /// ASCII strings; true is exact).
+    #[inline(always)]
+    fn string_parts(&mut self) -> Result<(&'i [u8], bool, bool), ScanError> {
         let input = self.input;
         let start = self.pos + 1;
         let mut i = start;
@@ -706,7 +721,7 @@ impl<'i> Cx<'i> {
             return Err(ScanError::Malformed);
         }
         self.pos = i + 1;
-        Ok((raw, escaped))
+        Ok((raw, escaped, ascii))
     }
 }
 

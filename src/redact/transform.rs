@@ -47,6 +47,36 @@ pub fn write(transform: &Transform, value: &Scalar<'_>, out: &mut Vec<u8>) {
     }
 }
 
+/// Writes the transformed string whose raw contents are `raw`, when `raw` is ASCII without
+/// escapes (so without quotes, backslashes or control characters) and the transform is one
+/// that can work on those bytes as they are: a mask with a plain ASCII mask character. Returns
+/// false, writing nothing, for anything else.
+pub fn write_plain_ascii(transform: &Transform, raw: &[u8], out: &mut Vec<u8>) -> bool {
+    let Transform::Mask { first, last, with } = *transform else {
+        return false;
+    };
+    let Ok(with) = u8::try_from(with) else {
+        return false;
+    };
+    if !with.is_ascii() || needs_escape(with) || !raw.is_ascii() {
+        return false;
+    }
+    let len = raw.len();
+    out.reserve(len + 2);
+    out.push(b'"');
+    match (raw.get(..first), raw.get(len.saturating_sub(last)..)) {
+        (Some(head), Some(tail)) if len > first.saturating_add(last) => {
+            out.extend_from_slice(head);
+            out.resize(out.len() + (len - first - last), with);
+            out.extend_from_slice(tail);
+        }
+        // No longer than what is kept: kept whole.
+        _ => out.extend_from_slice(raw),
+    }
+    out.push(b'"');
+    true
+}
+
 /// The text a transform works on: a string's contents or a number's digits.
 fn text_of<'a>(value: &'a Scalar<'_>) -> Option<&'a str> {
     match value {
@@ -257,6 +287,70 @@ mod tests {
                 serde_json::to_string(text).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn plain_ascii_masks_are_written_as_masks_of_the_text_are() {
+        let texts = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "+1-555-123-4567",
+            "0123456789abcdef",
+            " ~{}[]:,",
+        ];
+        let others = [
+            Transform::Null,
+            Transform::Hash {
+                key: b"k".to_vec().into(),
+            },
+            Transform::Prefix(2),
+        ];
+        for text in texts {
+            for (first, last) in [
+                (0, 0),
+                (0, 4),
+                (2, 2),
+                (1, 0),
+                (3, 9),
+                (20, 20),
+                (usize::MAX, 1),
+            ] {
+                for with in ['*', '#', 'x', ' ', '"', '\\', '\n', '\u{7f}', 'é', '☃'] {
+                    let t = Transform::Mask { first, last, with };
+                    let mut fast = Vec::new();
+                    let taken = write_plain_ascii(&t, text.as_bytes(), &mut fast);
+                    let mut slow = Vec::new();
+                    write(&t, &Scalar::Str(Cow::Borrowed(text)), &mut slow);
+                    let plain = with.is_ascii() && !needs_escape(with as u8);
+                    assert_eq!(taken, plain, "{t:?}");
+                    if taken {
+                        assert_eq!(show(&fast), show(&slow), "{text:?} {t:?}");
+                    } else {
+                        assert!(fast.is_empty(), "{t:?} wrote {}", show(&fast));
+                    }
+                }
+            }
+            for t in &others {
+                let mut out = Vec::new();
+                assert!(!write_plain_ascii(t, text.as_bytes(), &mut out), "{t:?}");
+                assert!(out.is_empty());
+            }
+        }
+        let t = Transform::Mask {
+            first: 0,
+            last: 1,
+            with: '*',
+        };
+        assert!(
+            !write_plain_ascii(&t, "é".as_bytes(), &mut Vec::new()),
+            "non-ASCII taken"
+        );
+    }
+
+    fn show(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
     }
 
     #[test]
