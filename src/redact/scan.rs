@@ -158,29 +158,31 @@ impl Scanner {
                 true
             }
             Some(ValuePlan::Transform(t)) => {
+                // `None`: written already.
                 let scalar = match byte {
                     b'"' => {
                         let (raw, escaped, ascii) = cx.string_parts()?;
                         // ASCII without escapes: validated bytes that need neither decoding nor
                         // escaping again.
                         if ascii && !escaped && transform::write_plain_ascii(t, raw, out) {
-                            if subject.is_some_and(<[Box<str>]>::is_empty) {
-                                cx.subject = Some(start..cx.pos);
-                            }
-                            return Ok(true);
+                            None
+                        } else {
+                            Some(Scalar::Str(text_of(raw, escaped)?))
                         }
-                        Scalar::Str(text_of(raw, escaped)?)
                     }
                     b'-' | b'0'..=b'9' => {
                         let raw = cx.number()?;
-                        Scalar::Num(std::str::from_utf8(raw).map_err(|_| ScanError::Malformed)?)
+                        let text = std::str::from_utf8(raw).map_err(|_| ScanError::Malformed)?;
+                        Some(Scalar::Num(text))
                     }
                     _ => {
                         self.skip(cx, byte, subject, depth)?;
-                        Scalar::Other
+                        Some(Scalar::Other)
                     }
                 };
-                transform::write(t, &scalar, out);
+                if let Some(scalar) = scalar {
+                    transform::write(t, &scalar, out);
+                }
                 true
             }
             Some(ValuePlan::Object(members)) if byte == b'{' => {

@@ -55,26 +55,13 @@ pub fn write_plain_ascii(transform: &Transform, raw: &[u8], out: &mut Vec<u8>) -
     let Transform::Mask { first, last, with } = *transform else {
         return false;
     };
-    let Ok(with) = u8::try_from(with) else {
-        return false;
-    };
-    if !with.is_ascii() || needs_escape(with) || !raw.is_ascii() {
-        return false;
-    }
-    let len = raw.len();
-    out.reserve(len + 2);
-    out.push(b'"');
-    match (raw.get(..first), raw.get(len.saturating_sub(last)..)) {
-        (Some(head), Some(tail)) if len > first.saturating_add(last) => {
-            out.extend_from_slice(head);
-            out.resize(out.len() + (len - first - last), with);
-            out.extend_from_slice(tail);
+    match u8::try_from(with) {
+        Ok(with) if with.is_ascii() && !needs_escape(with) && raw.is_ascii() => {
+            write_ascii_mask(raw, first, last, with, out);
+            true
         }
-        // No longer than what is kept: kept whole.
-        _ => out.extend_from_slice(raw),
+        _ => false,
     }
-    out.push(b'"');
-    true
 }
 
 /// The text a transform works on: a string's contents or a number's digits.
@@ -90,36 +77,43 @@ fn text_of<'a>(value: &'a Scalar<'_>) -> Option<&'a str> {
 pub fn write_str(text: &str, out: &mut Vec<u8>) {
     out.reserve(text.len() + 2);
     out.push(b'"');
-    write_str_contents(text, out);
+    write_contents(text.as_bytes(), out);
     out.push(b'"');
 }
 
 /// Writes `text` masked as [`mask`] does, as a JSON string, without building the masked text
 /// when it and `with` are ASCII (one byte per character).
 fn write_mask(text: &str, first: usize, last: usize, with: char, out: &mut Vec<u8>) {
-    let len = text.len();
-    if !(text.is_ascii() && with.is_ascii()) || len <= first.saturating_add(last) {
-        return write_str(&mask(text, first, last, with), out);
+    match u8::try_from(with) {
+        Ok(with) if with.is_ascii() && text.is_ascii() => {
+            write_ascii_mask(text.as_bytes(), first, last, with, out);
+        }
+        _ => write_str(&mask(text, first, last, with), out),
     }
-    let (Some(head), Some(tail)) = (text.get(..first), text.get(len - last..)) else {
-        return write_str(&mask(text, first, last, with), out);
-    };
+}
+
+/// Writes ASCII `text` masked with the ASCII byte `with` as [`mask`] does, as a JSON string.
+fn write_ascii_mask(text: &[u8], first: usize, last: usize, with: u8, out: &mut Vec<u8>) {
+    let len = text.len();
     out.reserve(len + 2);
     out.push(b'"');
-    write_str_contents(head, out);
-    let hidden = len - first - last;
-    match u8::try_from(with) {
-        Ok(b) if !needs_escape(b) => out.resize(out.len() + hidden, b),
-        // A quote, backslash or control character is escaped each time.
-        _ => {
-            let mut one = [0u8; 4];
-            let with = &*with.encode_utf8(&mut one);
-            for _ in 0..hidden {
-                write_str_contents(with, out);
+    match (text.get(..first), text.get(len.saturating_sub(last)..)) {
+        (Some(head), Some(tail)) if len > first.saturating_add(last) => {
+            write_contents(head, out);
+            let hidden = len - first - last;
+            if needs_escape(with) {
+                // A quote, backslash or control character is escaped each time.
+                for _ in 0..hidden {
+                    write_contents(&[with], out);
+                }
+            } else {
+                out.resize(out.len() + hidden, with);
             }
+            write_contents(tail, out);
         }
+        // No longer than what is kept: kept whole.
+        _ => write_contents(text, out),
     }
-    write_str_contents(tail, out);
     out.push(b'"');
 }
 
@@ -128,14 +122,14 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-/// Writes `text` escaped for the inside of a JSON string.
-fn write_str_contents(text: &str, out: &mut Vec<u8>) {
-    if !text.bytes().any(needs_escape) {
-        out.extend_from_slice(text.as_bytes());
+/// Writes the UTF-8 `text` escaped for the inside of a JSON string.
+fn write_contents(text: &[u8], out: &mut Vec<u8>) {
+    if !text.iter().copied().any(needs_escape) {
+        out.extend_from_slice(text);
         return;
     }
     let mut plain = 0;
-    for (i, b) in text.bytes().enumerate() {
+    for (i, &b) in text.iter().enumerate() {
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -147,7 +141,7 @@ fn write_str_contents(text: &str, out: &mut Vec<u8>) {
             0..=0x1f => b"",
             _ => continue,
         };
-        out.extend_from_slice(text.as_bytes().get(plain..i).unwrap_or_default());
+        out.extend_from_slice(text.get(plain..i).unwrap_or_default());
         if escape.is_empty() {
             out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
         } else {
@@ -155,7 +149,7 @@ fn write_str_contents(text: &str, out: &mut Vec<u8>) {
         }
         plain = i + 1;
     }
-    out.extend_from_slice(text.as_bytes().get(plain..).unwrap_or_default());
+    out.extend_from_slice(text.get(plain..).unwrap_or_default());
 }
 
 /// Keeps the first `first` and last `last` characters, replacing the others with `with`. A text
