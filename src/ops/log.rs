@@ -221,11 +221,6 @@ impl Visit for Plain<'_> {
     }
 }
 
-/// Writes `pieces` one after the other.
-fn write_all(writer: &mut Writer<'_>, pieces: &[&str]) -> fmt::Result {
-    pieces.iter().try_for_each(|piece| writer.write_str(piece))
-}
-
 /// Timestamps as tracing-subscriber's `SystemTime` writes them (RFC 3339 in UTC, microseconds:
 /// `2026-11-24T20:02:01.123456Z`), with the date and time up to the second formatted once per
 /// second per thread instead of once per line.
@@ -239,64 +234,60 @@ thread_local! {
 
 impl tracing_subscriber::fmt::time::FormatTime for SecondClock {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        let now = std::time::SystemTime::now();
-        let Ok(since) = now.duration_since(std::time::UNIX_EPOCH) else {
-            return tracing_subscriber::fmt::time::SystemTime.format_time(w);
-        };
-        let Ok(secs) = i64::try_from(since.as_secs()) else {
-            return tracing_subscriber::fmt::time::SystemTime.format_time(w);
-        };
-        let cached = SECOND.try_with(std::cell::Cell::get).ok();
-        let prefix = match cached {
-            Some((second, prefix)) if second == secs => prefix,
-            _ => match second_text(secs) {
-                Some(prefix) => {
-                    let _ = SECOND.try_with(|c| c.set((secs, prefix)));
-                    prefix
-                }
-                // Years outside 0..=9999 are written the default's way.
-                None => return tracing_subscriber::fmt::time::SystemTime.format_time(w),
-            },
-        };
-        let mut micros = [0u8; 6];
-        let mut n = since.subsec_micros();
-        for digit in micros.iter_mut().rev() {
-            *digit = b'0' + (n % 10) as u8;
-            n /= 10;
+        let stamp = stamp(std::time::SystemTime::now());
+        match stamp.as_ref().and_then(|s| std::str::from_utf8(s).ok()) {
+            Some(text) => w.write_str(text),
+            // Before 1970 or after 9999: written the default's way.
+            None => tracing_subscriber::fmt::time::SystemTime.format_time(w),
         }
-        let (Ok(prefix), Ok(micros)) = (std::str::from_utf8(&prefix), std::str::from_utf8(&micros))
-        else {
-            return tracing_subscriber::fmt::time::SystemTime.format_time(w);
-        };
-        write_all(w, &[prefix, ".", micros, "Z"])
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` of `now`, the part up to the second from this thread's last
+/// one when it is the same second; `None` outside 1970 to 9999.
+fn stamp(now: std::time::SystemTime) -> Option<[u8; 27]> {
+    let since = now.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let secs = i64::try_from(since.as_secs()).ok()?;
+    let prefix = match SECOND.try_with(std::cell::Cell::get) {
+        Ok((second, prefix)) if second == secs => prefix,
+        _ => {
+            let prefix = second_text(secs)?;
+            let _ = SECOND.try_with(|c| c.set((secs, prefix)));
+            prefix
+        }
+    };
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    text.get_mut(..19)?.copy_from_slice(&prefix);
+    zero_padded(since.subsec_micros(), text.get_mut(20..26)?);
+    Some(text)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time in UTC, for years 0 to 9999.
 fn second_text(secs: i64) -> Option<[u8; 19]> {
     let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
     let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
-    let mut text = [0u8; 19];
-    let mut at = 0;
-    let mut put = |n: u32, width: u32, then: Option<u8>| {
-        for place in (0..width).rev() {
-            if let Some(b) = text.get_mut(at) {
-                *b = b'0' + (n / 10u32.pow(place) % 10) as u8;
-            }
-            at += 1;
-        }
-        if let (Some(sep), Some(b)) = (then, text.get_mut(at)) {
-            *b = sep;
-            at += 1;
-        }
-    };
-    put(year, 4, Some(b'-'));
-    put(u32::from(u8::from(t.month())), 2, Some(b'-'));
-    put(u32::from(t.day()), 2, Some(b'T'));
-    put(u32::from(t.hour()), 2, Some(b':'));
-    put(u32::from(t.minute()), 2, Some(b':'));
-    put(u32::from(t.second()), 2, None);
+    let mut text = *b"0000-00-00T00:00:00";
+    for (n, at) in [
+        (year, 0..4),
+        (u32::from(u8::from(t.month())), 5..7),
+        (u32::from(t.day()), 8..10),
+        (u32::from(t.hour()), 11..13),
+        (u32::from(t.minute()), 14..16),
+        (u32::from(t.second()), 17..19),
+    ] {
+        zero_padded(n, text.get_mut(at)?);
+    }
     Some(text)
+}
+
+/// Writes `n` in decimal into all of `digits`, zero-padded on the left (higher digits that do
+/// not fit are left out).
+fn zero_padded(mut n: u32, digits: &mut [u8]) {
+    for digit in digits.iter_mut().rev() {
+        // INVARIANT: a remainder of 10 is one digit.
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// Flushes at the end of scope (the process's exit path).
