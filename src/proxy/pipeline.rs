@@ -25,9 +25,9 @@ static SEC_GPC: http::HeaderName = http::HeaderName::from_static("sec-gpc");
 /// What the decision line says about one request.
 #[derive(Debug, Default)]
 pub struct Decision {
-    pub caller: Option<std::sync::Arc<str>>,
-    pub purpose: Option<std::sync::Arc<str>>,
-    pub route: Option<std::sync::Arc<str>>,
+    pub caller: Option<Arc<str>>,
+    pub purpose: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
 }
 
 /// Handles one client request; never fails: refusals become problem+json responses.

@@ -57,13 +57,7 @@ pub fn give(mut buf: Vec<u8>) {
 
 /// A buffer that goes back to its thread's spares when the last view of it is dropped, for
 /// output handed to the HTTP stack as [`bytes::Bytes`].
-pub struct Returning(Vec<u8>);
-
-impl Returning {
-    pub fn new(buf: Vec<u8>) -> Self {
-        Self(buf)
-    }
-}
+struct Returning(Vec<u8>);
 
 impl AsRef<[u8]> for Returning {
     fn as_ref(&self) -> &[u8] {
@@ -84,7 +78,7 @@ pub fn into_bytes(buf: Vec<u8>) -> bytes::Bytes {
         give(buf);
         return bytes::Bytes::new();
     }
-    bytes::Bytes::from_owner(Returning::new(buf))
+    bytes::Bytes::from_owner(Returning(buf))
 }
 
 #[cfg(test)]
