@@ -30,7 +30,8 @@ pub struct Config {
     pub consent: ConsentConfig,
     /// The admin API (off unless `admin.listen` is set).
     pub admin: AdminConfig,
-    /// Tokio worker threads (0: one per core).
+    /// Threads serving the proxy's connections, each with its own runtime ([`crate::lanes`];
+    /// 0: one per core). The accept loop, the admin API and background tasks run on one more.
     pub workers: usize,
 }
 

@@ -11,6 +11,7 @@
 //! - [`identity`]: who is calling ([`identity::identify`]) and for which purpose.
 //! - [`proxy`]: the request path ([`proxy::pipeline`]), the upstream client, refusals.
 //! - [`server`]: listening, serving HTTP/1.1 and h2c, draining on shutdown.
+//! - [`lanes`]: the threads that serve the proxy's connections, each with its own runtime.
 //! - [`admin`]: the admin API on its own listener (record of consent, data subject requests,
 //!   OpenAPI).
 //! - [`ops`]: operations: the batched log writer.
@@ -26,6 +27,7 @@ pub mod consent;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod identity;
+pub mod lanes;
 pub mod ops;
 pub mod policy;
 pub mod proxy;

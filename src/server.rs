@@ -19,14 +19,26 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::lanes::Lanes;
 use crate::proxy::Gateway;
 use crate::proxy::pipeline;
 
 /// Serves `listener` until `shutdown` resolves, then waits up to the configured grace period
-/// for requests in flight.
+/// for requests in flight. Connections are served on the calling runtime.
 pub async fn run(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) {
+    run_on(listener, gateway, None, config, shutdown).await;
+}
+
+/// As [`run`], with each connection served on one of `lanes` when given.
+pub async fn run_on(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    lanes: Option<&Lanes>,
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -41,17 +53,20 @@ pub async fn run(
         listener,
         config,
         config.limits.max_connections,
+        lanes,
         service,
         shutdown,
     )
     .await;
 }
 
-/// Serves the proxy on `listener` and, when given, the admin API on its own listener, until
-/// `shutdown` resolves; each then drains its own requests.
+/// Serves the proxy on `listener`, on `lanes` when given, and, when given, the admin API on
+/// its own listener (on the calling runtime), until `shutdown` resolves; each then drains its
+/// own requests.
 pub async fn run_with_admin(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    lanes: Option<&Lanes>,
     admin: Option<(TcpListener, crate::admin::Admin)>,
     config: &Config,
     shutdown: impl Future<Output = ()>,
@@ -64,7 +79,13 @@ pub async fn run_with_admin(
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stopped| *stopped).await;
     };
-    let proxy = run(listener, gateway, config, until_stopped(stopped.clone()));
+    let proxy = run_on(
+        listener,
+        gateway,
+        lanes,
+        config,
+        until_stopped(stopped.clone()),
+    );
     let admin = async {
         if let Some((listener, admin)) = admin {
             crate::admin::serve(listener, admin, config, until_stopped(stopped)).await;
@@ -73,13 +94,23 @@ pub async fn run_with_admin(
     tokio::join!(stopping, proxy, admin);
 }
 
+/// What every connection of one listener shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    drain_timeout: Duration,
+    epoch: tokio::time::Instant,
+}
+
 /// Serves `listener` with the service `service(peer)` makes for each connection, at most
-/// `max_connections` at once, until `shutdown` resolves; then waits up to the configured grace
-/// period for requests in flight.
+/// `max_connections` at once, on `lanes` when given (else on the calling runtime), until
+/// `shutdown` resolves; then waits up to the configured grace period for requests in flight.
 pub async fn serve_http<M, S, B>(
     listener: TcpListener,
     config: &Config,
     max_connections: usize,
+    lanes: Option<&Lanes>,
     service: M,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -106,13 +137,15 @@ pub async fn serve_http<M, S, B>(
         .keep_alive_interval(Duration::from_millis(config.timeouts.client_header_ms))
         .keep_alive_timeout(Duration::from_millis(config.timeouts.client_header_ms))
         .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
-    let header_timeout = Duration::from_millis(config.timeouts.client_header_ms);
-    let idle_timeout = Duration::from_millis(config.timeouts.idle_ms.max(1));
-    let drain_timeout = Duration::from_millis(config.timeouts.shutdown_ms);
+    let shared = Arc::new(Shared {
+        builder,
+        header_timeout: Duration::from_millis(config.timeouts.client_header_ms),
+        idle_timeout: Duration::from_millis(config.timeouts.idle_ms.max(1)),
+        drain_timeout: Duration::from_millis(config.timeouts.shutdown_ms),
+        epoch: tokio::time::Instant::now(),
+    });
     let (closing_tx, closing) = watch::channel(false);
     let connections = TaskTracker::new();
-    let epoch = tokio::time::Instant::now();
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
@@ -136,63 +169,38 @@ pub async fn serve_http<M, S, B>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let inner = service(peer);
-        let last_request = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let seen = Arc::clone(&last_request);
-        let service = service_fn(move |req| {
-            seen.store(millis_since(epoch), std::sync::atomic::Ordering::Relaxed);
-            inner.call(req)
-        });
-        let builder = builder.clone();
-        let mut closing = closing.clone();
-        connections.spawn(async move {
-            // The protocol detection has no timeout of its own: a client that sends nothing
-            // (or part of the HTTP/2 preface) would hold its connection slot for ever.
-            if sniff(&stream, header_timeout).await {
-                last_request.store(millis_since(epoch), std::sync::atomic::Ordering::Relaxed);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                // Set once a graceful close began (idle, or the listener draining): the
-                // connection then has this long to finish, after which it is dropped, so that a
-                // client that stops reading cannot hold its slot for ever.
-                let mut hard_stop: Option<tokio::time::Instant> = None;
-                loop {
-                    let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
-                    let idle_at = epoch + Duration::from_millis(last) + idle_timeout;
-                    let stop_at = hard_stop.unwrap_or(idle_at);
-                    tokio::select! {
-                        result = conn.as_mut() => {
-                            if let Err(e) = result {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                            break;
-                        }
-                        _ = closing.changed(), if hard_stop.is_none() => {
-                            conn.as_mut().graceful_shutdown();
-                            hard_stop = Some(tokio::time::Instant::now() + drain_timeout);
-                        }
-                        () = tokio::time::sleep_until(idle_at), if hard_stop.is_none() => {
-                            // No request started for the idle timeout (an HTTP/2 peer that
-                            // answers pings, a quiet keep-alive client, or one that stopped
-                            // reading its responses): close gracefully, which lets a response
-                            // still streaming finish within the idle timeout again.
-                            let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
-                            if epoch + Duration::from_millis(last) + idle_timeout
-                                <= tokio::time::Instant::now()
-                            {
-                                conn.as_mut().graceful_shutdown();
-                                hard_stop = Some(tokio::time::Instant::now() + idle_timeout);
-                            }
-                        }
-                        () = tokio::time::sleep_until(stop_at), if hard_stop.is_some() => {
-                            tracing::debug!("connection did not finish after a graceful close: dropped");
-                            break;
-                        }
-                    }
-                }
+        let service = service(peer);
+        let shared = Arc::clone(&shared);
+        let closing = closing.clone();
+        match lanes.and_then(Lanes::pick) {
+            None => {
+                connections.spawn(async move {
+                    serve_connection(stream, service, &shared, closing).await;
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(lane) => {
+                // The socket leaves this runtime's reactor for the lane's.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepted connection lost");
+                        continue;
+                    }
+                };
+                let handle = lane.handle.clone();
+                connections.spawn_on(
+                    async move {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => serve_connection(stream, service, &shared, closing).await,
+                            Err(e) => tracing::warn!(error = %e, "accepted connection lost"),
+                        }
+                        drop((lane, permit));
+                    },
+                    &handle,
+                );
+            }
+        }
     }
     drop(listener);
     let _ = closing_tx.send(true);
@@ -201,6 +209,76 @@ pub async fn serve_http<M, S, B>(
     tokio::select! {
         () = connections.wait() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing"),
+    }
+}
+
+/// Serves one accepted connection until it ends, closes when idle, or is dropped when it does
+/// not finish within its time after a graceful close (`closing`: the listener is draining).
+async fn serve_connection<S, B>(
+    stream: tokio::net::TcpStream,
+    inner: S,
+    shared: &Shared,
+    mut closing: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let epoch = shared.epoch;
+    let idle_timeout = shared.idle_timeout;
+    let last_request = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::clone(&last_request);
+    let service = service_fn(move |req| {
+        seen.store(millis_since(epoch), std::sync::atomic::Ordering::Relaxed);
+        inner.call(req)
+    });
+    // The protocol detection has no timeout of its own: a client that sends nothing (or part
+    // of the HTTP/2 preface) would hold its connection slot for ever.
+    if !sniff(&stream, shared.header_timeout).await {
+        return;
+    }
+    last_request.store(millis_since(epoch), std::sync::atomic::Ordering::Relaxed);
+    let conn = shared
+        .builder
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // Set once a graceful close began (idle, or the listener draining): the connection then
+    // has this long to finish, after which it is dropped, so that a client that stops reading
+    // cannot hold its slot for ever.
+    let mut hard_stop: Option<tokio::time::Instant> = None;
+    loop {
+        let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
+        let idle_at = epoch + Duration::from_millis(last) + idle_timeout;
+        let stop_at = hard_stop.unwrap_or(idle_at);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = closing.changed(), if hard_stop.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                hard_stop = Some(tokio::time::Instant::now() + shared.drain_timeout);
+            }
+            () = tokio::time::sleep_until(idle_at), if hard_stop.is_none() => {
+                // No request started for the idle timeout (an HTTP/2 peer that answers pings,
+                // a quiet keep-alive client, or one that stopped reading its responses): close
+                // gracefully, which lets a response still streaming finish within the idle
+                // timeout again.
+                let last = last_request.load(std::sync::atomic::Ordering::Relaxed);
+                if epoch + Duration::from_millis(last) + idle_timeout <= tokio::time::Instant::now() {
+                    conn.as_mut().graceful_shutdown();
+                    hard_stop = Some(tokio::time::Instant::now() + idle_timeout);
+                }
+            }
+            () = tokio::time::sleep_until(stop_at), if hard_stop.is_some() => {
+                tracing::debug!("connection did not finish after a graceful close: dropped");
+                break;
+            }
+        }
     }
 }
 
@@ -296,6 +374,7 @@ pub async fn build(config: &Config) -> Result<Arc<Gateway>, StartError> {
         &config.upstream,
         Duration::from_millis(config.timeouts.connect_ms),
         Duration::from_millis(config.timeouts.header_ms),
+        crate::lanes::count(config.workers),
     )
     .map_err(StartError::Config)?;
     tracing::info!(

@@ -140,5 +140,5 @@ pub async fn serve(
             router.clone().oneshot(req)
         })
     };
-    crate::server::serve_http(listener, config, MAX_CONNECTIONS, service, shutdown).await;
+    crate::server::serve_http(listener, config, MAX_CONNECTIONS, None, service, shutdown).await;
 }

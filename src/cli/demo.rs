@@ -191,7 +191,7 @@ pub async fn serve_crm(listener: tokio::net::TcpListener) {
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> ExitCode {
     let _log = super::init_tracing();
-    let result = super::runtime(0).and_then(|rt| {
+    let result = super::main_runtime().and_then(|rt| {
         if let Some(log) = &_log {
             rt.spawn(log.0.clone().flush_periodically());
         }
@@ -327,9 +327,11 @@ Stop with Ctrl-C.
             crm: args.crm,
         });
     }
+    let lanes = crate::lanes::Lanes::start(crate::lanes::count(config.workers))?;
     crate::server::run_with_admin(
         listener,
         gateway,
+        Some(&lanes),
         Some((admin_listener, admin)),
         &config,
         shutdown,

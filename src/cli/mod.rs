@@ -82,6 +82,14 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(builder.build()?)
 }
 
+/// The runtime of `serve` and `demo` on the main thread: the accept loop, the admin API and
+/// background tasks. The proxy's connections are served on lanes ([`crate::lanes`]).
+pub fn main_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON when
 /// `CONSENTRY_LOG_FORMAT=json`, in colour only on a terminal. Lines are written in batches
 /// (see [`crate::ops::log`]); keep the guard until exit, dropping it writes what is left.

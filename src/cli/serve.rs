@@ -109,7 +109,7 @@ pub struct ServeArgs {
     /// Most consent store lookups in flight at once.
     #[arg(long, env = "CONSENTRY_CONSENT_MAX_CONCURRENT_LOOKUPS")]
     pub consent_max_concurrent_lookups: Option<usize>,
-    /// Worker threads (0: one per core).
+    /// Threads serving the proxy's connections (0: one per core).
     #[arg(long, env = "CONSENTRY_WORKERS")]
     pub workers: Option<usize>,
     /// Address of the admin API listener (off unless set).
@@ -251,7 +251,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = super::runtime(config.workers).and_then(|rt| {
+    let result = super::main_runtime().and_then(|rt| {
         if let Some(log) = &_log {
             rt.spawn(log.0.clone().flush_periodically());
         }
@@ -301,8 +301,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         gateway.clone(),
         config.policies.clone(),
     ));
+    let lanes = crate::lanes::Lanes::start(crate::lanes::count(config.workers))
+        .context("starting the worker threads")?;
     // One signal stops both listeners; each drains its own requests.
-    crate::server::run_with_admin(listener, gateway, admin, &config, crate::server::signal()).await;
+    crate::server::run_with_admin(
+        listener,
+        gateway,
+        Some(&lanes),
+        admin,
+        &config,
+        crate::server::signal(),
+    )
+    .await;
     Ok(())
 }
 

@@ -121,6 +121,9 @@ pub struct ConsentService {
     config: CacheConfig,
     /// Forwards the store's change feed into [`ConsentService::invalidate_all`].
     watcher: Option<JoinHandle<()>>,
+    /// The runtime that made the service, where store lookups run: the store's connections
+    /// stay on one runtime, whichever lane ([`crate::lanes`]) asks (`None`: the asker's).
+    runtime: Option<tokio::runtime::Handle>,
     /// The service itself, for the tasks that run flights.
     me: Weak<ConsentService>,
 }
@@ -148,10 +151,11 @@ impl ConsentService {
     /// cache.
     pub fn new(store: Arc<dyn ConsentStore>, config: CacheConfig) -> Arc<Self> {
         let changes = store.changes();
+        let runtime = tokio::runtime::Handle::try_current().ok();
         Arc::new_cyclic(|weak| {
-            let watcher = match (changes, tokio::runtime::Handle::try_current()) {
-                (Some(rx), Ok(rt)) => Some(rt.spawn(forward_changes(weak.clone(), rx))),
-                (Some(_), Err(_)) => {
+            let watcher = match (changes, &runtime) {
+                (Some(rx), Some(rt)) => Some(rt.spawn(forward_changes(weak.clone(), rx))),
+                (Some(_), None) => {
                     tracing::warn!(
                         "no tokio runtime: consent cache relies on its TTL for changes made elsewhere"
                     );
@@ -172,6 +176,7 @@ impl ConsentService {
                 generation: AtomicU64::new(0),
                 config,
                 watcher,
+                runtime,
                 me: weak.clone(),
             }
         })
@@ -323,7 +328,11 @@ impl ConsentService {
                 keys: lead,
                 publish,
             };
-            tokio::spawn(guard.fly(generation, deadline));
+            let flight = guard.fly(generation, deadline);
+            match &self.runtime {
+                Some(runtime) => drop(runtime.spawn(flight)),
+                None => drop(tokio::spawn(flight)),
+            }
         }
         drop(answer);
 

@@ -1,5 +1,6 @@
 //! The pooled keep-alive client to the one upstream CRM, with connect and response-head
-//! timeouts.
+//! timeouts: one pool per lane ([`crate::lanes`]), so that a request and its upstream
+//! connection are served by the same thread, and one for every other thread.
 
 use std::time::Duration;
 
@@ -18,10 +19,15 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The body sent upstream: the client's request body, bounded.
 pub type UpstreamBody = Limited<Incoming>;
 
+type Pool = Client<HttpConnector, UpstreamBody>;
+
 /// The upstream CRM.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, UpstreamBody>,
+    /// The pool of threads that are not lanes.
+    shared: Pool,
+    /// The pool of each lane, in lane order.
+    lanes: std::sync::Arc<[Pool]>,
     scheme_authority: String,
     /// A path prefix of the upstream URL (`http://crm/api` -> `/api`), without trailing slash.
     prefix: String,
@@ -31,11 +37,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A client for the upstream at `url` (`http://host:port[/prefix]`).
+    /// A client for the upstream at `url` (`http://host:port[/prefix]`), with a pool for each
+    /// of `lanes` lanes.
     pub fn new(
         url: &str,
         connect_timeout: Duration,
         header_timeout: Duration,
+        lanes: usize,
     ) -> Result<Self, String> {
         let uri: Uri = url.parse().map_err(|e| format!("upstream `{url}`: {e}"))?;
         let authority = uri
@@ -49,18 +57,21 @@ impl Upstream {
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            // Upstream bodies arrive in chunks of at most this size: what one response holds
-            // in memory at once stays small whatever the body's size.
-            .http1_max_buf_size(READ_BUFFER_BYTES)
-            .build(connector);
+        let pool = || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                // Upstream bodies arrive in chunks of at most this size: what one response
+                // holds in memory at once stays small whatever the body's size.
+                .http1_max_buf_size(READ_BUFFER_BYTES)
+                .build(connector.clone())
+        };
         let prefix = uri.path().trim_end_matches('/').to_owned();
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|e| format!("upstream `{url}`: {e}"))?;
         Ok(Self {
-            client,
+            shared: pool(),
+            lanes: (0..lanes).map(|_| pool()).collect(),
             scheme_authority: format!("http://{authority}"),
             prefix,
             host,
@@ -82,9 +93,17 @@ impl Upstream {
             .map_err(|_| Refusal::BadRequest("the request target cannot be forwarded"))
     }
 
+    /// The pool of the calling thread: its lane's, or the one of threads that are not lanes.
+    fn pool(&self) -> &Pool {
+        crate::lanes::current()
+            .checked_sub(1)
+            .and_then(|lane| self.lanes.get(lane))
+            .unwrap_or(&self.shared)
+    }
+
     /// Sends a request and waits for the response head.
     pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Refusal> {
-        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.header_timeout, self.pool().request(req)).await {
             Err(_) => Err(Refusal::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "upstream request failed");

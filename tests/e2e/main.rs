@@ -22,6 +22,7 @@ mod consent;
 mod demo;
 pub mod fail_closed;
 mod identity;
+mod lanes;
 mod lawful_bases;
 mod paths;
 mod platform;

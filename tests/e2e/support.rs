@@ -15,6 +15,7 @@ use bytes::Bytes;
 use consentry::config::AdminToken;
 use consentry::config::{Config, HttpStatusConfig, HttpStoreConfig, StoreKind};
 use consentry::consent::event::{ConsentEvent, EventKind, now_ms};
+use consentry::lanes::Lanes;
 use consentry::proxy::Gateway;
 use consentry::proxy::body::{BoxError, ChannelBody};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -264,6 +265,8 @@ pub fn zstd(data: &[u8]) -> Vec<u8> {
 /// A request the upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The gateway's end of the upstream connection the request came on.
+    pub peer: SocketAddr,
     pub method: String,
     /// Path and query, as received.
     pub target: String,
@@ -427,7 +430,7 @@ impl Upstream {
         let script: Script = Arc::new(script);
         let log = seen.clone();
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, peer)) = listener.accept().await {
                 let log = log.clone();
                 let script = script.clone();
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -438,6 +441,7 @@ impl Upstream {
                         let collected = body.collect().await?;
                         let trailers = collected.trailers().cloned();
                         let seen = Seen {
+                            peer,
                             method: parts.method.to_string(),
                             target: parts.uri.to_string(),
                             headers: parts.headers,
@@ -469,14 +473,16 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            while let Ok((mut stream, peer)) = listener.accept().await {
                 let bytes = bytes.clone();
                 let log = log.clone();
                 tokio::spawn(async move {
                     let Some(head) = read_head(&mut stream).await else {
                         return;
                     };
-                    log.lock().expect("not poisoned").push(parse_head(&head));
+                    log.lock()
+                        .expect("not poisoned")
+                        .push(parse_head(&head, peer));
                     let _ = stream.write_all(&bytes).await;
                     let _ = stream.flush().await;
                     let _ = stream.shutdown().await;
@@ -526,7 +532,7 @@ async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(head)
 }
 
-fn parse_head(head: &[u8]) -> Seen {
+fn parse_head(head: &[u8], peer: SocketAddr) -> Seen {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split("\r\n");
     let mut request_line = lines.next().unwrap_or_default().split(' ');
@@ -544,6 +550,7 @@ fn parse_head(head: &[u8]) -> Seen {
         }
     }
     Seen {
+        peer,
         method,
         target,
         headers,
@@ -692,6 +699,8 @@ pub fn gateway(upstream: &Upstream) -> GatewayBuilder {
             upstream: upstream.url(),
             ..Config::default()
         },
+        // Connections served on lanes, as `consentry serve` does.
+        lanes: 2,
     }
 }
 
@@ -699,9 +708,16 @@ pub struct GatewayBuilder {
     policy: String,
     key: Vec<u8>,
     config: Config,
+    lanes: usize,
 }
 
 impl GatewayBuilder {
+    /// Serves connections on `n` lanes (0: on the test's runtime).
+    pub fn lanes(mut self, n: usize) -> Self {
+        self.lanes = n;
+        self
+    }
+
     /// Another pseudonym key for the `hash` action.
     pub fn pseudonym_key(mut self, key: &[u8]) -> Self {
         self.key = key.to_vec();
@@ -777,14 +793,18 @@ impl GatewayBuilder {
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let gw = gateway.clone();
+        let lanes =
+            (self.lanes > 0).then(|| Arc::new(Lanes::start(self.lanes).expect("the lanes start")));
+        let on = lanes.clone();
         let server = tokio::spawn(async move {
-            consentry::server::run(listener, gw, &config, async {
+            consentry::server::run_on(listener, gw, on.as_deref(), &config, async {
                 let _ = rx.await;
             })
             .await;
         });
         Gw {
             addr,
+            lanes,
             admin_addr,
             admin_shutdown,
             gateway,
@@ -799,6 +819,8 @@ impl GatewayBuilder {
 /// A running gateway; shut down when dropped.
 pub struct Gw {
     pub addr: SocketAddr,
+    /// The lanes serving the proxy's connections, if any.
+    pub lanes: Option<Arc<Lanes>>,
     /// The admin listener, when started with [`GatewayBuilder::admin`].
     pub admin_addr: Option<SocketAddr>,
     admin_shutdown: Option<oneshot::Sender<()>>,
