@@ -64,7 +64,8 @@ impl Drop for Ticket {
 }
 
 impl Lanes {
-    /// Starts `count` lanes (at least one), each a thread named `consentry-lane-N`.
+    /// Starts `count` lanes (at least one), each a thread named `consentry-laneN` (what `top`
+    /// shows of it in full up to lane 9: Linux keeps 15 bytes of a thread's name).
     pub fn start(count: usize) -> std::io::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let mut lanes = Vec::with_capacity(count.max(1));
@@ -79,7 +80,7 @@ impl Lanes {
             });
             let mut stopped = stopped.clone();
             let thread = std::thread::Builder::new()
-                .name(format!("consentry-lane-{number}"))
+                .name(format!("consentry-lane{number}"))
                 .spawn(move || {
                     LANE.with(|lane| lane.set(number));
                     // The lane's tasks run while this thread waits here; what is left when it
@@ -190,8 +191,8 @@ mod tests {
         assert_eq!(
             seen,
             [
-                (1, Some("consentry-lane-1".to_owned())),
-                (2, Some("consentry-lane-2".to_owned()))
+                (1, Some("consentry-lane1".to_owned())),
+                (2, Some("consentry-lane2".to_owned()))
             ]
         );
         // A task still waiting when the lanes stop is dropped with its lane's runtime.

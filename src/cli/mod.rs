@@ -82,10 +82,14 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(builder.build()?)
 }
 
-/// The runtime of `serve` and `demo` on the main thread: the accept loop, the admin API and
-/// background tasks. The proxy's connections are served on lanes ([`crate::lanes`]).
+/// The runtime of `serve` and `demo` besides the lanes ([`crate::lanes`], which serve the
+/// proxy's connections): the accept loop, the admin API, consent store lookups and background
+/// tasks. Two threads, so that admin work (a large consent import) does not hold up accepting
+/// connections; they sleep while there is nothing else to do.
 pub fn main_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("consentry-main")
         .enable_all()
         .build()?)
 }
