@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use crate::support::{APP_KEY, Reply, Upstream, contacts, gateway};
+use crate::support::{APP_KEY, PSEUDONYM_KEY, Reply, Upstream, contact, contacts, gateway, policy};
 
 /// One client connection to the gateway, kept open between requests.
 struct Connection {
@@ -116,4 +116,107 @@ async fn without_lanes_connections_are_served_on_the_calling_runtime() {
     let mut a = Connection::open(gw.addr).await;
     assert_eq!(a.list_ids().await, ["2"]);
     assert_eq!(a.list_ids().await, ["2"]);
+}
+
+/// `consentry serve` as a process: it answers through its lanes, each with its own upstream
+/// connection, and on SIGTERM it drains, stops its lanes and exits.
+#[tokio::test]
+async fn the_binary_serves_on_its_lanes_and_exits_on_sigterm() {
+    let up = Upstream::replying(Reply::json(&contact("1"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policy");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("policy.yaml"), policy()).unwrap();
+    std::fs::write(policies.join("pseudonym.key"), PSEUDONYM_KEY).unwrap();
+    // A free port: bound, read, released for the gateway to take.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_consentry"))
+        .arg("serve")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--upstream")
+        .arg(up.url())
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--workers")
+        .arg("2")
+        .env_remove("CONSENTRY_CONFIG")
+        .env_remove("CONSENTRY_ADMIN_LISTEN")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let mut connections = Vec::new();
+    for _ in 0..50 {
+        match TcpStream::connect(addr).await {
+            Ok(_) => break,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    for _ in 0..2 {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        connections.push(send);
+    }
+    for send in &mut connections {
+        for _ in 0..2 {
+            let req = Request::get("/crm/v3/objects/contacts/1")
+                .header("host", "gateway")
+                .header("x-api-key", APP_KEY)
+                .header("x-purpose", "support")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            send.ready().await.unwrap();
+            let rsp = send.send_request(req).await.unwrap();
+            assert_eq!(rsp.status(), 200);
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            let record: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(record["id"], "1");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The two connections went to two lanes, each reaching the CRM over its own connection.
+    let peers: HashSet<SocketAddr> = up.seen().iter().map(|s| s.peer).collect();
+    assert_eq!(up.seen().len(), 4);
+    assert_eq!(
+        peers.len(),
+        2,
+        "{:?}",
+        up.seen().iter().map(|s| s.peer).collect::<Vec<_>>()
+    );
+
+    let pid = child.0.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut status = None;
+    for _ in 0..150 {
+        status = child.0.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = status.expect("the gateway exits within 15 s of SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+/// A child process, killed if the test ends before it does.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
