@@ -2,14 +2,17 @@
 //! tokio runtime.
 //!
 //! A client connection is served on one lane from its first byte to its last, with that lane's
-//! own pooled connections to the CRM ([`crate::proxy::upstream`]): a request never crosses a
-//! thread, so no task is stolen, woken or handed over between threads on the request path.
-//! This is the layout of nginx's workers; on a machine of one or two cores it serves more
-//! requests for the same CPU, and with a shorter tail, than a work-stealing pool (BENCHMARKS.md).
+//! own pooled connections to the CRM ([`crate::proxy::upstream`]): a request whose consent is
+//! cached never leaves its thread, and no task is stolen or handed over between threads. This
+//! is the layout of nginx's workers; on a machine of one or two cores it serves more requests
+//! for the same CPU, and with a shorter tail, than a work-stealing pool (BENCHMARKS.md). As with
+//! nginx, the streams of one HTTP/2 connection share one lane: a client that sends all its work
+//! over one connection gets one core.
 //!
 //! The listener's accept loop, the admin API and the background tasks (the consent store's
-//! change feed and lookups, policy reload, log flushing) stay on the runtime that started the
-//! lanes. A new connection goes to the lane with the fewest open connections.
+//! change feed and its lookups on a cache miss, policy reload, log flushing) stay on the
+//! runtime that started the lanes. A new connection goes to the lane with the fewest open
+//! connections.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -41,13 +44,14 @@ pub fn count(workers: usize) -> usize {
 pub struct Lanes {
     lanes: Vec<Lane>,
     stop: watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 struct Lane {
     handle: Handle,
     /// Connections open on the lane.
     open: Arc<AtomicUsize>,
+    /// `None` once joined.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A connection's place on a lane: counted among the lane's open connections until dropped.
@@ -68,16 +72,16 @@ impl Lanes {
     /// shows of it in full up to lane 9: Linux keeps 15 bytes of a thread's name).
     pub fn start(count: usize) -> std::io::Result<Self> {
         let (stop, stopped) = watch::channel(false);
-        let mut lanes = Vec::with_capacity(count.max(1));
-        let mut threads = Vec::with_capacity(count.max(1));
+        let mut started = Self {
+            lanes: Vec::with_capacity(count.max(1)),
+            stop,
+        };
         for number in 1..=count.max(1) {
+            // On an error the lanes started so far stop with `started`'s drop.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            lanes.push(Lane {
-                handle: runtime.handle().clone(),
-                open: Arc::new(AtomicUsize::new(0)),
-            });
+            let handle = runtime.handle().clone();
             let mut stopped = stopped.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("consentry-lane{number}"))
@@ -88,25 +92,14 @@ impl Lanes {
                     runtime.block_on(async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     });
-                });
-            match thread {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    // The lanes started so far stop with `Lanes`' drop.
-                    drop(Self {
-                        lanes,
-                        stop,
-                        threads,
-                    });
-                    return Err(e);
-                }
-            }
+                })?;
+            started.lanes.push(Lane {
+                handle,
+                open: Arc::new(AtomicUsize::new(0)),
+                thread: Some(thread),
+            });
         }
-        Ok(Self {
-            lanes,
-            stop,
-            threads,
-        })
+        Ok(started)
     }
 
     /// How many lanes run.
@@ -120,11 +113,14 @@ impl Lanes {
     }
 
     /// A place for a new connection on the lane with the fewest open connections (the first
-    /// of those on a tie).
+    /// of those on a tie); `None` if no lane runs any more (the caller serves the connection
+    /// itself). A lane whose thread has ended, which only a bug could cause, is passed over:
+    /// its runtime would drop every connection handed to it.
     pub fn pick(&self) -> Option<Ticket> {
         let lane = self
             .lanes
             .iter()
+            .filter(|lane| lane.thread.as_ref().is_some_and(|t| !t.is_finished()))
             .min_by_key(|lane| lane.open.load(Ordering::Relaxed))?;
         lane.open.fetch_add(1, Ordering::Relaxed);
         Some(Ticket {
@@ -145,8 +141,10 @@ impl Lanes {
 impl Drop for Lanes {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+        for (number, lane) in (1..).zip(&mut self.lanes) {
+            if let Some(Err(_)) = lane.thread.take().map(std::thread::JoinHandle::join) {
+                tracing::error!(lane = number, "a lane's thread panicked");
+            }
         }
     }
 }
@@ -205,6 +203,23 @@ mod tests {
         drop((held, ticket));
         drop(lanes);
         assert!(rx.recv().is_err(), "the waiting task was dropped");
+    }
+
+    #[test]
+    fn a_lane_whose_thread_ended_is_passed_over() {
+        let mut lanes = Lanes::start(2).unwrap();
+        let ended = std::thread::spawn(|| {});
+        while !ended.is_finished() {
+            std::thread::yield_now();
+        }
+        let first = lanes.lanes[0].thread.replace(ended);
+        let a = lanes.pick().unwrap();
+        let b = lanes.pick().unwrap();
+        assert_eq!(lanes.open_connections(), [0, 2]);
+        lanes.lanes[0].thread = first;
+        let c = lanes.pick().unwrap();
+        assert_eq!(lanes.open_connections(), [1, 2]);
+        drop((a, b, c));
     }
 
     #[test]

@@ -404,7 +404,10 @@ pub async fn reload_on_hangup(gateway: Arc<Gateway>, dir: std::path::PathBuf) {
             return;
         };
         while hup.recv().await.is_some() {
-            reload(&gateway, &dir);
+            // Compiling a policy takes a while: not on a thread that consent lookups and
+            // accepting connections need.
+            let (gateway, dir) = (gateway.clone(), dir.clone());
+            let _ = tokio::task::spawn_blocking(move || reload(&gateway, &dir)).await;
         }
     }
     #[cfg(not(unix))]

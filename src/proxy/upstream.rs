@@ -13,6 +13,9 @@ use hyper_util::rt::TokioExecutor;
 
 use super::refusal::Refusal;
 
+/// Most idle connections kept open to the CRM, shared out among the lanes' pools.
+const IDLE_CONNECTIONS: usize = 256;
+
 /// Largest read from an upstream connection.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -60,7 +63,8 @@ impl Upstream {
         let pool = || {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(256)
+                // At most `IDLE_CONNECTIONS` idle connections to the CRM in all.
+                .pool_max_idle_per_host(IDLE_CONNECTIONS.div_ceil(lanes.max(1)))
                 // Upstream bodies arrive in chunks of at most this size: what one response
                 // holds in memory at once stays small whatever the body's size.
                 .http1_max_buf_size(READ_BUFFER_BYTES)

@@ -2,6 +2,7 @@
 //! connections to the CRM; new connections go to the lane with the fewest open.
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ async fn connections_are_spread_over_the_lanes_and_never_share_an_upstream_conne
 }
 
 #[tokio::test]
-async fn without_lanes_connections_are_served_on_the_calling_runtime() {
+async fn without_lanes_a_connection_is_served_all_the_same() {
     let up = Upstream::replying(Reply::json(&contacts(&["1", "2"]))).await;
     let gw = gateway(&up).lanes(0).start().await;
     gw.grant("2", "marketing").await;
@@ -219,4 +220,54 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A consent lookup on a cache miss runs on the runtime that built the gateway, in
+/// `consentry serve` the one `cli::main_runtime` makes: one of its threads busy for longer
+/// than the lookup timeout (a policy being compiled, an admin import being parsed) while a
+/// request waits for its lookup does not make the lane withhold a subject who consented.
+#[test]
+fn a_busy_main_thread_does_not_withhold_consented_subjects() {
+    // The CRM runs on a runtime of its own, so that it answers whatever the gateway's does.
+    let crm = tokio::runtime::Runtime::new().unwrap();
+    let up = crm.block_on(Upstream::replying(Reply::json(&contacts(&["1", "2"]))));
+    let runtime = consentry::cli::main_runtime().unwrap();
+    runtime.block_on(async {
+        let gw = gateway(&up)
+            .lanes(2)
+            .config(|c| c.consent.lookup_timeout_ms = 200)
+            .start()
+            .await;
+        gw.grant("1", "marketing").await;
+        // The client runs on a thread of its own, so that it does not wait for the runtime.
+        let (go, told) = std::sync::mpsc::channel::<()>();
+        let addr = gw.addr;
+        let client = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            told.recv().unwrap();
+            let request = format!(
+                "GET /crm/v3/objects/contacts HTTP/1.1\r\nHost: gateway\r\n\
+                 X-Api-Key: {APP_KEY}\r\nX-Purpose: marketing\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        });
+        // The connection is accepted and handed to a lane.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        go.send(()).unwrap();
+        let busy = tokio::spawn(async {
+            std::thread::sleep(Duration::from_millis(700));
+        });
+        let response = tokio::task::spawn_blocking(move || client.join().unwrap())
+            .await
+            .unwrap();
+        busy.await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let body = response.split_once("\r\n\r\n").unwrap().1;
+        let list: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(list["results"].as_array().unwrap().len(), 1, "{body}");
+        assert_eq!(list["results"][0]["id"], "1", "{body}");
+    });
 }

@@ -763,6 +763,10 @@ impl GatewayBuilder {
         std::fs::write(policies.join("policy.yaml"), &self.policy).expect("policy file");
         std::fs::write(policies.join("pseudonym.key"), &self.key).expect("key file");
         let mut config = self.config;
+        if self.lanes > 0 {
+            // As `consentry serve` does: one upstream pool per lane.
+            config.workers = self.lanes;
+        }
         config.policies = policies;
         config.data_dir = dir.path().join("data");
         config.timeouts.shutdown_ms = 5_000;
