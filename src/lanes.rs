@@ -102,16 +102,6 @@ impl Lanes {
         Ok(started)
     }
 
-    /// How many lanes run.
-    pub fn len(&self) -> usize {
-        self.lanes.len()
-    }
-
-    /// Always false: there is at least one lane.
-    pub fn is_empty(&self) -> bool {
-        self.lanes.is_empty()
-    }
-
     /// A place for a new connection on the lane with the fewest open connections (the first
     /// of those on a tie); `None` if no lane runs any more (the caller serves the connection
     /// itself). A lane whose thread has ended, which only a bug could cause, is passed over:

@@ -60,7 +60,11 @@ pub fn run() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime(1).and_then(|rt| rt.block_on(consent::run(&config, command))) {
+            match runtime_builder(1)
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(consent::run(&config, command)))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -72,14 +76,12 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// A tokio runtime with `workers` threads (0: one per core).
-pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+/// The builder of a multi-threaded tokio runtime with `threads` worker threads, everything
+/// enabled.
+fn runtime_builder(threads: usize) -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if workers > 0 {
-        builder.worker_threads(workers);
-    }
-    Ok(builder.build()?)
+    builder.worker_threads(threads).enable_all();
+    builder
 }
 
 /// The runtime of `serve` and `demo` besides the lanes ([`crate::lanes`], which serve the
@@ -87,11 +89,7 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 /// tasks. Two threads, so that admin work (a large consent import) does not hold up accepting
 /// connections; they sleep while there is nothing else to do.
 pub fn main_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("consentry-main")
-        .enable_all()
-        .build()?)
+    Ok(runtime_builder(2).thread_name("consentry-main").build()?)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON when
