@@ -348,10 +348,9 @@ impl Scanner {
             if cx.skip_ws()? != b':' {
                 return Err(ScanError::Malformed);
             }
-            // The key as written, quotes and colon included, when nothing stands between them.
-            let key_piece = (cx.pos == key_start + raw.len() + 1)
-                .then(|| cx.input.get(key_start - 1..=cx.pos))
-                .flatten();
+            // Nothing stands between the key's closing quote and the colon.
+            let colon_next = cx.pos == key_start + raw.len() + 1;
+            let colon_at = cx.pos;
             cx.pos += 1;
             let first = cx.skip_ws()?;
             let member_subject = match subject {
@@ -413,6 +412,11 @@ impl Scanner {
                     if !first_out {
                         out.push(b',');
                     }
+                    // The key as written, quotes and colon included, when nothing stands
+                    // between them.
+                    let key_piece = colon_next
+                        .then(|| cx.input.get(key_start - 1..=colon_at))
+                        .flatten();
                     match key_piece {
                         Some(piece) => out.extend_from_slice(piece),
                         None => {
@@ -682,16 +686,13 @@ impl<'i> Cx<'i> {
         let mut i = start;
         let mut escaped = false;
         let mut ascii = true;
+        // The words read eight at a time, or-ed: their high bits say whether any was not ASCII.
+        let mut high = 0u64;
         loop {
             // Eight bytes at a time: jump straight to the first special byte of a word.
-            while let Some(word) = input
-                .get(i..i + 8)
-                .and_then(|c| <[u8; 8]>::try_from(c).ok())
-            {
-                let w = u64::from_le_bytes(word);
-                if w & HIGH != 0 {
-                    ascii = false;
-                }
+            while let Some(word) = input.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+                let w = u64::from_le_bytes(*word);
+                high |= w;
                 let mask = special(w);
                 if mask != 0 {
                     // INVARIANT: the lowest flagged byte is a true special byte (borrows only
@@ -719,6 +720,7 @@ impl<'i> Cx<'i> {
             }
         }
         let raw = input.get(start..i).ok_or(ScanError::Malformed)?;
+        ascii &= high & HIGH == 0;
         if !ascii && std::str::from_utf8(raw).is_err() {
             return Err(ScanError::Malformed);
         }
