@@ -76,14 +76,27 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> 
     for name in named {
         headers.remove(name);
     }
+    let removed = |name: &HeaderName| HOP_BY_HOP.contains(name) || also(name);
     let present: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || also(name))
+        .filter(|name| removed(name) || underscored(name).is_some_and(|n| removed(&n)))
         .cloned()
         .collect();
     for name in present {
         headers.remove(name);
     }
+}
+
+/// The name with each `_` written `-`, for a name that holds one. CGI and WSGI servers, and
+/// frameworks that read their variables, give `X_Original_URL` and `X-Original-URL` one name
+/// (`HTTP_X_ORIGINAL_URL`): an underscore spelling of a removed field must go with it, or it
+/// reaches the upstream as that very field.
+fn underscored(name: &HeaderName) -> Option<HeaderName> {
+    let text = name.as_str();
+    if !text.contains('_') {
+        return None;
+    }
+    HeaderName::from_bytes(text.replace('_', "-").as_bytes()).ok()
 }
 
 /// The headers sent upstream for a client request.
@@ -209,6 +222,34 @@ mod tests {
         }
         let custom: Vec<_> = headers.get_all("x-custom").iter().collect();
         assert_eq!(custom, ["one", "two"]);
+    }
+
+    #[test]
+    fn underscore_spellings_of_removed_fields_are_removed_and_other_underscores_kept() {
+        let client: SocketAddr = ([192, 0, 2, 7], 40000).into();
+        let upstream = HeaderValue::from_static("crm.internal:8080");
+        let mut headers = HeaderMap::new();
+        for name in HOP_BY_HOP
+            .iter()
+            .chain(&NEVER_FORWARDED)
+            .chain(&CONDITIONAL)
+        {
+            let spelled = name.as_str().replace('-', "_");
+            let name = HeaderName::from_bytes(spelled.as_bytes()).expect("a header name");
+            headers.append(name, HeaderValue::from_static("x"));
+        }
+        headers.append("x_custom_id", HeaderValue::from_static("kept"));
+        let headers = upstream_headers(headers, client, None, &upstream, true);
+        let mut seen = names(&headers);
+        seen.sort_unstable();
+        let want = [
+            "accept-encoding",
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x_custom_id",
+        ];
+        assert_eq!(seen, want);
     }
 
     #[test]

@@ -300,6 +300,75 @@ async fn rewrite_override_and_forwarding_headers_do_not_reach_the_upstream(proto
     }
 }
 
+/// The variable a CGI or WSGI server makes of a header field (RFC 3875 §4.1.18): upper-cased,
+/// `-` turned into `_`, so that `X_Original_URL` and `X-Original-URL` are one variable there.
+fn cgi_name(name: &str) -> String {
+    format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_"))
+}
+
+both!(underscore_spellings_of_removed_headers_do_not_reach_the_upstream);
+async fn underscore_spellings_of_removed_headers_do_not_reach_the_upstream(proto: Proto) {
+    // An upstream that reads its header fields as CGI variables and honours a rewrite header,
+    // as IIS and some PHP frameworks do: it answers the URL that header names.
+    let up = Upstream::serve(|seen| {
+        let rewritten = seen
+            .headers
+            .keys()
+            .any(|name| cgi_name(name.as_str()) == "HTTP_X_ORIGINAL_URL");
+        if rewritten {
+            Reply::json(&contact("1"))
+        } else {
+            Reply::json(&json!({ "status": "ok" }))
+        }
+    })
+    .await;
+    let gw = gateway(&up).start().await;
+    gw.grant("1", "marketing").await;
+    let tricks = [
+        ("x_original_url", ONE),
+        ("X_Rewrite_URL", ONE),
+        ("x-original_uri", ONE),
+        ("x_http_method_override", "DELETE"),
+        ("x_http_method", "DELETE"),
+        ("x_method_override", "PUT"),
+        ("x_forwarded_for", "10.0.0.1"),
+        ("x_forwarded_host", "evil.example"),
+        ("x_forwarded_prefix", "/admin"),
+        ("x_real_ip", "10.0.0.1"),
+        ("x_api_key", APP_KEY),
+        ("x_purpose", "support"),
+    ];
+    let mut health = gw.get("/health").over(proto);
+    for (name, value) in tricks {
+        health = health.header(name, value);
+    }
+    let rsp = health.send().await;
+    // A passthrough route answers as the upstream does: never with a contact.
+    assert_eq!(rsp.ok_json(), json!({ "status": "ok" }), "{}", rsp.text());
+    let mut list = gw
+        .get(LIST)
+        .over(proto)
+        .header("x-api-key", NEWSLETTER_KEY)
+        .header("x-purpose", "marketing");
+    for (name, value) in tricks {
+        list = list.header(name, value);
+    }
+    // A validator in any spelling could still draw a 304 on a protected route.
+    let rsp = list.header("if_none_match", "\"x\"").send().await;
+    assert_eq!(rsp.ok_json(), json!({}), "{}", rsp.text());
+    assert_eq!(up.last().header("if_none_match"), None);
+    for seen in up.seen() {
+        let variables: Vec<String> = seen.headers.keys().map(|n| cgi_name(n.as_str())).collect();
+        for (name, _) in tricks {
+            assert_eq!(seen.header(name), None, "{name} went upstream");
+        }
+        for variable in ["HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST"] {
+            let count = variables.iter().filter(|v| *v == variable).count();
+            assert_eq!(count, 1, "{variable} is the gateway's alone");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_spoofed_host_goes_upstream_as_the_upstream_host() {
     let up = Upstream::replying(Reply::json(&contacts(&["1"]))).await;
