@@ -22,13 +22,25 @@ static HOP_BY_HOP: [HeaderName; 10] = [
 ];
 
 /// Headers a client could use to make the upstream see another request than the one the
-/// gateway examined (another method or URL), or that belong to the gateway alone.
-static NEVER_FORWARDED: [HeaderName; 17] = [
+/// gateway examined (another method, URL or client address), or that belong to the gateway
+/// alone.
+static NEVER_FORWARDED: [HeaderName; 28] = [
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("x-purpose"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-original-uri"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-original-path"),
+    HeaderName::from_static("x-envoy-original-path"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("fastly-client-ip"),
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
@@ -222,6 +234,42 @@ mod tests {
         }
         let custom: Vec<_> = headers.get_all("x-custom").iter().collect();
         assert_eq!(custom, ["one", "two"]);
+    }
+
+    #[test]
+    fn other_rewrite_and_client_address_fields_do_not_reach_the_upstream() {
+        // Proxies and frameworks that route on the original path, or trust a client address,
+        // read these: a client must not be able to set them through the gateway.
+        let client: SocketAddr = ([192, 0, 2, 7], 40000).into();
+        let upstream = HeaderValue::from_static("crm.internal:8080");
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x-forwarded-uri",
+            "x-forwarded-path",
+            "x-original-path",
+            "x-envoy-original-path",
+            "x-original-host",
+            "x-forwarded-server",
+            "x-client-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "fastly-client-ip",
+        ] {
+            headers.append(name, HeaderValue::from_static("/crm/v3/objects/contacts/1"));
+        }
+        headers.append("x-custom", HeaderValue::from_static("kept"));
+        for protected in [false, true] {
+            let sent = upstream_headers(headers.clone(), client, None, &upstream, protected);
+            let mut seen = names(&sent);
+            seen.sort_unstable();
+            let mut want = vec!["host", "x-custom", "x-forwarded-for", "x-forwarded-proto"];
+            if protected {
+                want.push("accept-encoding");
+            }
+            want.sort_unstable();
+            assert_eq!(seen, want, "protected: {protected}");
+        }
     }
 
     #[test]
