@@ -120,11 +120,15 @@ pub async fn protect(
 /// the gateway's content type, length and caching rules.
 fn finish_head(mut parts: http::response::Parts, body: Body, len: Option<u64>) -> Response<Body> {
     let upstream = std::mem::take(&mut parts.headers);
-    for name in &PASSED_HEADERS {
-        for value in upstream.get_all(name) {
-            parts.headers.append(name.clone(), value.clone());
+    // The upstream's fields are looked over once: a lookup by name hashes the name, and most
+    // of the passed names are absent.
+    let mut passed = HeaderMap::with_capacity(8);
+    for (name, value) in &upstream {
+        if PASSED_HEADERS.contains(name) {
+            passed.append(name.clone(), value.clone());
         }
     }
+    parts.headers = passed;
     let h = &mut parts.headers;
     if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::RESET_CONTENT {
         h.insert(
