@@ -2,6 +2,9 @@
 //! timeouts: one pool per lane ([`crate::lanes`]), so that a request and its upstream
 //! connection are served by the same thread, and one for every other thread.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, Uri};
@@ -9,9 +12,18 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
+use super::body::BoxError;
 use super::refusal::Refusal;
+
+/// The scheme and authority of the URIs handed to the pools. The pools key their connections by
+/// them and hash the authority byte by byte at every checkout and return; the upstream is
+/// one, so its URIs carry a one-letter name, and [`Dial`] connects to the upstream's address
+/// whatever name it is asked for. The name never goes on the wire: HTTP/1.1 requests carry
+/// their path alone, and `Host` is the upstream's authority (`Upstream::host`).
+const POOL_ORIGIN: &str = "http://u";
 
 /// Most idle connections kept open to the CRM, shared out among the lanes' pools.
 const IDLE_CONNECTIONS: usize = 256;
@@ -22,7 +34,7 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The body sent upstream: the client's request body, bounded.
 pub type UpstreamBody = Limited<Incoming>;
 
-type Pool = Client<HttpConnector, UpstreamBody>;
+type Pool = Client<Dial, UpstreamBody>;
 
 /// The upstream CRM.
 #[derive(Clone)]
@@ -31,7 +43,6 @@ pub struct Upstream {
     shared: Pool,
     /// The pool of each lane, in lane order.
     lanes: std::sync::Arc<[Pool]>,
-    scheme_authority: String,
     /// A path prefix of the upstream URL (`http://crm/api` -> `/api`), without trailing slash.
     prefix: String,
     /// The upstream's authority, sent as `Host`.
@@ -60,6 +71,12 @@ impl Upstream {
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = Dial {
+            inner: connector,
+            to: format!("http://{authority}")
+                .parse()
+                .map_err(|e| format!("upstream `{url}`: {e}"))?,
+        };
         let pool = || {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
@@ -76,7 +93,6 @@ impl Upstream {
         Ok(Self {
             shared: pool(),
             lanes: (0..lanes).map(|_| pool()).collect(),
-            scheme_authority: format!("http://{authority}"),
             prefix,
             host,
             header_timeout,
@@ -85,8 +101,8 @@ impl Upstream {
 
     /// The upstream URI for a normalised path and the request's query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, Refusal> {
-        let mut text = String::with_capacity(self.scheme_authority.len() + path.len() + 64);
-        text.push_str(&self.scheme_authority);
+        let mut text = String::with_capacity(POOL_ORIGIN.len() + path.len() + 64);
+        text.push_str(POOL_ORIGIN);
         text.push_str(&self.prefix);
         text.push_str(path);
         if let Some(q) = query {
@@ -119,6 +135,29 @@ impl Upstream {
             }
             Ok(Ok(rsp)) => Ok(rsp),
         }
+    }
+}
+
+/// Connects to the upstream's address, whatever URI the pool asks for (see [`POOL_ORIGIN`]).
+#[derive(Clone)]
+pub struct Dial {
+    inner: HttpConnector,
+    /// The upstream's scheme and authority.
+    to: Uri,
+}
+
+impl tower::Service<Uri> for Dial {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, _asked: Uri) -> Self::Future {
+        let connecting = self.inner.call(self.to.clone());
+        Box::pin(async move { connecting.await.map_err(Into::into) })
     }
 }
 
