@@ -260,13 +260,16 @@ impl BodyJob {
                     }
                     Ok(Ok(chunk)) => chunk,
                 };
-            match &chunk {
+            let last = chunk.is_none();
+            match chunk {
                 Some(bytes) => {
                     self.read += bytes.len() as u64;
                     if self.read > gw.limits.max_body_bytes {
                         return Err(Refusal::BodyTooLarge);
                     }
-                    self.redactor.push(bytes).map_err(|e| refusal_of(&e))?;
+                    self.redactor
+                        .push_bytes(bytes)
+                        .map_err(|e| refusal_of(&e))?;
                 }
                 None => self.redactor.finish().map_err(|e| refusal_of(&e))?,
             }
@@ -297,7 +300,7 @@ impl BodyJob {
             } else {
                 self.redactor.drain_output_into(&mut self.held);
             }
-            if chunk.is_none() {
+            if last {
                 if !self.redactor.is_complete() {
                     return Err(Refusal::UpstreamUnreadable("the upstream body ended early"));
                 }

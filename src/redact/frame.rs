@@ -7,6 +7,9 @@
 //! cut plus one input chunk, so memory is bounded by the largest record, not by the body.
 
 use std::ops::Range;
+use std::slice::SliceIndex;
+
+use bytes::Bytes;
 
 use super::scan::is_ws;
 use super::spare;
@@ -107,7 +110,7 @@ pub struct Framer {
     /// Keys from the root to the records array; unused when `single`.
     path: Vec<Box<str>>,
     single: bool,
-    buf: Vec<u8>,
+    buf: Input,
     pos: usize,
     state: State,
     /// Depth of the current envelope object (1 = root object), 0 before the root.
@@ -127,7 +130,10 @@ impl Framer {
         Self {
             path,
             single,
-            buf: spare::take(0),
+            buf: Input {
+                own: spare::take(0),
+                chunk: Bytes::new(),
+            },
             pos: 0,
             state: State::Root,
             level: 0,
@@ -142,13 +148,40 @@ impl Framer {
     /// Appends input. Bytes already handed out in events are released first, so callers must be
     /// done with every range they were given.
     pub fn push(&mut self, chunk: &[u8]) {
+        self.release();
+        self.buf.own.extend_from_slice(chunk);
+    }
+
+    /// As [`Framer::push`], for a chunk that can be kept as it is: while nothing from an
+    /// earlier chunk is still needed (a record cut by the chunk's start), the chunk is read in
+    /// place instead of being copied.
+    pub fn push_bytes(&mut self, chunk: Bytes) {
+        self.release();
+        if self.buf.own.is_empty() {
+            self.buf.chunk = chunk;
+        } else {
+            self.buf.own.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Lets go of the input before the first byte still needed, and moves what is still
+    /// needed of a chunk read in place into the framer's own buffer.
+    fn release(&mut self) {
         let keep_from = match &self.state {
             State::Cut { scan, .. } => scan.start,
             State::At { start, .. } => *start,
             _ => self.pos,
         };
+        let chunk = std::mem::take(&mut self.buf.chunk);
+        if chunk.is_empty() {
+            self.buf.own.drain(..keep_from);
+        } else {
+            self.buf.own.clear();
+            self.buf
+                .own
+                .extend_from_slice(chunk.get(keep_from..).unwrap_or_default());
+        }
         if keep_from > 0 {
-            self.buf.drain(..keep_from);
             self.pos -= keep_from;
             match &mut self.state {
                 State::Cut { scan, .. } => {
@@ -159,7 +192,6 @@ impl Framer {
                 _ => {}
             }
         }
-        self.buf.extend_from_slice(chunk);
     }
 
     /// Marks the end of input: the next events must complete the body or fail as truncated.
@@ -533,7 +565,30 @@ impl Framer {
 
 impl Drop for Framer {
     fn drop(&mut self) {
-        spare::give(std::mem::take(&mut self.buf));
+        spare::give(std::mem::take(&mut self.buf.own));
+    }
+}
+
+/// What the framer reads: the last chunk pushed as [`Bytes`], in place, while nothing before
+/// it is still needed; else the framer's own buffer. At most one of them holds bytes.
+#[derive(Debug)]
+struct Input {
+    own: Vec<u8>,
+    chunk: Bytes,
+}
+
+impl Input {
+    fn bytes(&self) -> &[u8] {
+        if self.chunk.is_empty() {
+            &self.own
+        } else {
+            &self.chunk
+        }
+    }
+
+    #[inline]
+    fn get<I: SliceIndex<[u8]>>(&self, index: I) -> Option<&I::Output> {
+        self.bytes().get(index)
     }
 }
 

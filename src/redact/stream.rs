@@ -8,6 +8,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::policy::compiled::{ObjectPlan, RecordsAt, SubjectAt, ValuePlan, View, WithoutBasis};
 
 use super::frame::{Event, FrameError, Framer};
@@ -163,6 +165,16 @@ impl Redactor {
             return Err(RedactError::Protocol);
         }
         self.framer.push(chunk);
+        self.run()
+    }
+
+    /// As [`Self::push`], for a chunk the redactor may keep: read in place, not copied, when
+    /// no record runs into it from the chunk before.
+    pub fn push_bytes(&mut self, chunk: Bytes) -> Result<(), RedactError> {
+        if !self.pending.is_empty() || self.deferred.is_some() {
+            return Err(RedactError::Protocol);
+        }
+        self.framer.push_bytes(chunk);
         self.run()
     }
 
