@@ -24,13 +24,19 @@ static HOP_BY_HOP: [HeaderName; 10] = [
 /// Headers a client could use to make the upstream see another request than the one the
 /// gateway examined (another method, URL or client address), or that belong to the gateway
 /// alone.
-static NEVER_FORWARDED: [HeaderName; 28] = [
+static NEVER_FORWARDED: [HeaderName; 31] = [
     HeaderName::from_static("x-api-key"),
     HeaderName::from_static("x-purpose"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-original-uri"),
     HeaderName::from_static("x-forwarded-uri"),
+    // A WSGI server (gunicorn) takes `SCRIPT_NAME` off the front of the path from a trusted
+    // proxy, as the gateway is; frameworks copy `X-Script-Name` there.
+    HeaderName::from_static("script-name"),
+    HeaderName::from_static("x-script-name"),
+    // httpoxy: a CGI upstream reads `Proxy` as `HTTP_PROXY`, the proxy of its own calls.
+    HeaderName::from_static("proxy"),
     HeaderName::from_static("x-forwarded-path"),
     HeaderName::from_static("x-original-path"),
     HeaderName::from_static("x-envoy-original-path"),
@@ -238,12 +244,16 @@ mod tests {
 
     #[test]
     fn other_rewrite_and_client_address_fields_do_not_reach_the_upstream() {
-        // Proxies and frameworks that route on the original path, or trust a client address,
-        // read these: a client must not be able to set them through the gateway.
+        // Proxies and frameworks that route on the original path or a path prefix, or trust a
+        // client address or a proxy, read these: a client must not set them through the
+        // gateway.
         let client: SocketAddr = ([192, 0, 2, 7], 40000).into();
         let upstream = HeaderValue::from_static("crm.internal:8080");
         let mut headers = HeaderMap::new();
         for name in [
+            "script_name",
+            "x-script-name",
+            "proxy",
             "x-forwarded-uri",
             "x-forwarded-path",
             "x-original-path",
