@@ -119,16 +119,14 @@ pub async fn protect(
 /// The response head for a redacted body: the few upstream headers in [`PASSED_HEADERS`], plus
 /// the gateway's content type, length and caching rules.
 fn finish_head(mut parts: http::response::Parts, body: Body, len: Option<u64>) -> Response<Body> {
-    let upstream = std::mem::take(&mut parts.headers);
+    let upstream = std::mem::replace(&mut parts.headers, HeaderMap::with_capacity(8));
     // The upstream's fields are looked over once: a lookup by name hashes the name, and most
     // of the passed names are absent.
-    let mut passed = HeaderMap::with_capacity(8);
     for (name, value) in &upstream {
         if PASSED_HEADERS.contains(name) {
-            passed.append(name.clone(), value.clone());
+            parts.headers.append(name.clone(), value.clone());
         }
     }
-    parts.headers = passed;
     let h = &mut parts.headers;
     if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::RESET_CONTENT {
         h.insert(

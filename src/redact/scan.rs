@@ -685,8 +685,8 @@ impl<'i> Cx<'i> {
         let start = self.pos + 1;
         let mut i = start;
         let mut escaped = false;
-        let mut ascii = true;
-        // The words read eight at a time, or-ed: their high bits say whether any was not ASCII.
+        // The bytes read, words eight at a time and single bytes, or-ed: their high bits say
+        // whether any was not ASCII.
         let mut high = 0u64;
         loop {
             // Eight bytes at a time: jump straight to the first special byte of a word.
@@ -713,14 +713,14 @@ impl<'i> Cx<'i> {
                 }
                 0..=0x1f => return Err(ScanError::Malformed),
                 0x80.. => {
-                    ascii = false;
+                    high |= u64::from(b);
                     i += 1;
                 }
                 _ => i += 1,
             }
         }
         let raw = input.get(start..i).ok_or(ScanError::Malformed)?;
-        ascii &= high & HIGH == 0;
+        let ascii = high & HIGH == 0;
         if !ascii && std::str::from_utf8(raw).is_err() {
             return Err(ScanError::Malformed);
         }

@@ -161,9 +161,7 @@ impl Redactor {
 
     /// Feeds a chunk of the body. Call [`Self::pending_subjects`] afterwards.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), RedactError> {
-        if !self.pending.is_empty() || self.deferred.is_some() {
-            return Err(RedactError::Protocol);
-        }
+        self.expect_input()?;
         self.framer.push(chunk);
         self.run()
     }
@@ -171,9 +169,7 @@ impl Redactor {
     /// As [`Self::push`], for a chunk the redactor may keep: read in place, not copied, when
     /// no record runs into it from the chunk before.
     pub fn push_bytes(&mut self, chunk: Bytes) -> Result<(), RedactError> {
-        if !self.pending.is_empty() || self.deferred.is_some() {
-            return Err(RedactError::Protocol);
-        }
+        self.expect_input()?;
         self.framer.push_bytes(chunk);
         self.run()
     }
@@ -181,11 +177,18 @@ impl Redactor {
     /// Marks the end of the body. Call [`Self::pending_subjects`] afterwards, then
     /// [`Self::is_complete`] must hold.
     pub fn finish(&mut self) -> Result<(), RedactError> {
+        self.expect_input()?;
+        self.framer.finish();
+        self.run()
+    }
+
+    /// Input is taken only once the pending batch is answered and the deferred event handled:
+    /// it may move the bytes their ranges point to.
+    fn expect_input(&self) -> Result<(), RedactError> {
         if !self.pending.is_empty() || self.deferred.is_some() {
             return Err(RedactError::Protocol);
         }
-        self.framer.finish();
-        self.run()
+        Ok(())
     }
 
     /// Subjects of the records waiting for a decision, in order.
