@@ -263,7 +263,8 @@ fn unescape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<char
 }
 
 /// Parses a path template: starts with `/`, at most one `{param}` per segment (a whole segment,
-/// or between a literal prefix and suffix as in `contacts({id})`), no `..`, no `%`.
+/// or between a literal prefix and suffix as in `contacts({id})`), no `..`, no `%`. A trailing
+/// `/` is part of the template, as it is of a request path: `/query/` matches `/query/` only.
 pub fn parse_template(text: &str) -> Result<PathTemplate, String> {
     let Some(rest) = text.strip_prefix('/') else {
         return Err("it must start with `/`".into());
@@ -277,9 +278,15 @@ pub fn parse_template(text: &str) -> Result<PathTemplate, String> {
     let mut segments = Vec::new();
     let mut params: Vec<&str> = Vec::new();
     if !rest.is_empty() {
-        for seg in rest.split('/') {
+        let last = rest.split('/').count() - 1;
+        for (i, seg) in rest.split('/').enumerate() {
+            if seg.is_empty() && i == last {
+                // A trailing slash: the final empty segment a normalised request path keeps.
+                segments.push(Segment::Literal("".into()));
+                continue;
+            }
             if seg.is_empty() {
-                return Err("it has an empty segment (`//` or a trailing `/`)".into());
+                return Err("it has an empty segment (`//`)".into());
             }
             if seg == ".." || seg == "." {
                 return Err(format!("the segment `{seg}` is not allowed"));
@@ -672,5 +679,17 @@ mod tests {
         assert!(parse_template("/a/../b").is_err());
         assert!(parse_template("/a/%2e").is_err());
         assert!(parse_template("/").is_ok_and(|t| t.segments.is_empty()));
+        assert!(parse_template("/a//b").is_err());
+        assert!(parse_template("//").is_err());
+        assert!(parse_template("/a//").is_err());
+        // A trailing slash is a final empty segment, as `path::normalise` gives one.
+        let slash = parse_template("/services/data/{v}/query/").unwrap();
+        assert_eq!(slash.segments.last(), Some(&Segment::Literal("".into())));
+        let normal = crate::proxy::path::normalise("/services/data/v59.0/query/").unwrap();
+        assert_eq!(slash.matches(&normal.segments), Some(vec!["v59.0"]));
+        let bare = crate::proxy::path::normalise("/services/data/v59.0/query").unwrap();
+        assert_eq!(slash.matches(&bare.segments), None);
+        let plain = parse_template("/services/data/{v}/query").unwrap();
+        assert_eq!(plain.matches(&normal.segments), None);
     }
 }

@@ -4,7 +4,7 @@
 //! A refusal never carries data from the upstream: its detail is written by the gateway.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use super::body::{self, Body};
 
@@ -39,8 +39,10 @@ pub enum Refusal {
     SubjectMismatch,
     #[error("the upstream response cannot be examined: {0}")]
     UpstreamUnreadable(&'static str),
+    /// The upstream's status, with the few fields of its head passed on with an error (when to
+    /// retry, request ids: [`super::response::passed_fields`]).
     #[error("the upstream answered with a status the gateway does not pass on")]
-    UpstreamStatus(StatusCode),
+    UpstreamStatus(StatusCode, Vec<(HeaderName, HeaderValue)>),
     #[error("the upstream body is larger than the limit")]
     BodyTooLarge,
     #[error("the request body is larger than the limit")]
@@ -73,7 +75,7 @@ impl Refusal {
             Self::NoLawfulBasis => "no_lawful_basis",
             Self::SubjectMismatch => "subject_mismatch",
             Self::UpstreamUnreadable(_) => "upstream_unreadable",
-            Self::UpstreamStatus(_) => "upstream_error",
+            Self::UpstreamStatus(..) => "upstream_error",
             Self::BodyTooLarge => "body_too_large",
             Self::RequestTooLarge => "request_too_large",
             Self::HeadersTooLarge => "headers_too_large",
@@ -99,8 +101,8 @@ impl Refusal {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             // The upstream's own status class is kept for its errors (a 404 stays a 404, so
             // clients can tell "not found" from "refused"); its body is not.
-            Self::UpstreamStatus(s) if s.is_client_error() || s.is_server_error() => *s,
-            Self::UpstreamStatus(_)
+            Self::UpstreamStatus(s, _) if s.is_client_error() || s.is_server_error() => *s,
+            Self::UpstreamStatus(..)
             | Self::SubjectMismatch
             | Self::UpstreamUnreadable(_)
             | Self::BodyTooLarge
@@ -146,6 +148,11 @@ impl Refusal {
         let mut rsp = Response::new(body::full(Bytes::from(self.problem_json())));
         *rsp.status_mut() = self.status();
         let headers = rsp.headers_mut();
+        if let Self::UpstreamStatus(_, passed) = self {
+            for (name, value) in passed {
+                headers.append(name.clone(), value.clone());
+            }
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

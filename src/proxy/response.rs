@@ -64,7 +64,14 @@ pub async fn protect(
     // 206 is a part of a body and 304 refers to one the client is assumed to hold: neither can
     // be examined as a whole. Redirects and errors are not passed on with their bodies.
     if !status.is_success() || status == StatusCode::PARTIAL_CONTENT {
-        return Err(Refusal::UpstreamStatus(status));
+        // An error keeps its status, and with it what a client needs to act on it: when to
+        // retry a 429 or 503, and the ids to report it by. Nothing else of its head.
+        let passed = if status.is_client_error() || status.is_server_error() {
+            passed_fields(rsp.headers())
+        } else {
+            Vec::new()
+        };
+        return Err(Refusal::UpstreamStatus(status, passed));
     }
     let headers = rsp.headers();
     if !is_json(headers) {
@@ -147,6 +154,15 @@ fn finish_head(mut parts: http::response::Parts, body: Body, len: Option<u64>) -
         HeaderValue::from_static("X-Api-Key, X-Purpose, Authorization, Sec-GPC"),
     );
     Response::from_parts(parts, body)
+}
+
+/// The upstream fields in [`PASSED_HEADERS`], in their order.
+pub fn passed_fields(upstream: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    upstream
+        .iter()
+        .filter(|(name, _)| PASSED_HEADERS.contains(name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
 }
 
 /// `application/json` or `application/*+json`, in UTF-8.

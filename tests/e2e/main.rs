@@ -29,4 +29,5 @@ mod platform;
 mod protocol;
 mod redaction;
 mod replicas;
+mod sdks;
 mod shapes;
