@@ -401,7 +401,10 @@ pub fn subject_of(c: &Case, record: &J) -> Result<String, Refusal> {
         SubjectAt::Field(path) => field_id(record, path).ok_or(Refusal::NoSubject),
         SubjectAt::ParamAndField(_, path) => {
             let id = field_id(record, path).ok_or(Refusal::NoSubject)?;
-            if c.path_subject.as_deref() == Some(id.as_str()) {
+            if c.path_subject
+                .as_deref()
+                .is_some_and(|path| crate::redact::subject::same_subject(path, &id))
+            {
                 Ok(id)
             } else {
                 Err(Refusal::SubjectMismatch)

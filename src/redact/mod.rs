@@ -9,6 +9,7 @@ mod order;
 pub mod scan;
 pub mod spare;
 pub mod stream;
+pub mod subject;
 pub mod transform;
 
 pub use stream::{Counts, Limits, RedactError, Redactor};

@@ -15,6 +15,7 @@ use crate::policy::compiled::{ObjectPlan, RecordsAt, SubjectAt, ValuePlan, View,
 use super::frame::{Event, FrameError, Framer};
 use super::scan::{self, ScanError, Scanner};
 use super::spare;
+use super::subject::same_subject;
 
 /// Room reserved for output when a buffer starts.
 const OUTPUT_CAPACITY: usize = 16 * 1024;
@@ -418,8 +419,13 @@ impl Redactor {
             SubjectAt::ParamAndField(..) => {
                 let id = in_record.as_deref().ok_or(RedactError::NoSubject)?;
                 // A CRM may answer a lookup with a merged or aliased record: the subject the
-                // client asked for must be the one whose data comes back.
-                if self.path_subject.as_deref() != Some(id) {
+                // client asked for must be the one whose data comes back (in one of the forms
+                // a CRM writes its ids in).
+                if !self
+                    .path_subject
+                    .as_deref()
+                    .is_some_and(|path| same_subject(path, id))
+                {
                     return Err(RedactError::SubjectMismatch);
                 }
                 id

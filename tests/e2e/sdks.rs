@@ -367,6 +367,25 @@ routes:
     assert_eq!(up.last().body, request.to_string());
 }
 
+#[tokio::test]
+async fn salesforce_fifteen_character_ids_name_their_record() {
+    // The REST API takes the case-sensitive 15-character form of an id (the one its UI shows)
+    // and answers with the 18-character form: the same id with a case checksum.
+    let up = Upstream::replying(salesforce_reply(&salesforce_record("0035g00000ABCDEAA5"))).await;
+    let gw = gateway(&up).with_policy(salesforce_policy()).start().await;
+    gw.grant("0035g00000ABCDEAA5", "marketing").await;
+    // simple-salesforce `sf.Contact.get("0035g00000ABCDE")`.
+    let rsp = simple_salesforce(gw.get("/services/data/v59.0/sobjects/Contact/0035g00000ABCDE"))
+        .send()
+        .await;
+    assert_eq!(rsp.ok_json()["Id"], "0035g00000ABCDEAA5");
+    // The same characters in another case are another record, whose checksum differs.
+    let rsp = simple_salesforce(gw.get("/services/data/v59.0/sobjects/Contact/0035g00000ABCDe"))
+        .send()
+        .await;
+    rsp.assert_refused(502, "subject_mismatch");
+}
+
 // ------------------------------------------------------------------------------------------
 // Known incompatibilities the gateway does not address yet: each test asserts what the client
 // library needs, and fails (`cargo test --test e2e -- --ignored sdks`).
@@ -441,21 +460,6 @@ routes:
         link.starts_with(&data_api),
         "the link leaves the gateway: {link}"
     );
-}
-
-#[tokio::test]
-#[ignore = "Salesforce answers a 15-character id with the record's 18-character one"]
-async fn salesforce_fifteen_character_ids_name_their_record() {
-    // The REST API takes the case-sensitive 15-character form of an id (the one its UI shows)
-    // and answers with the 18-character form: the same id with a case checksum.
-    let up = Upstream::replying(salesforce_reply(&salesforce_record("0035g00000ABCDEAA5"))).await;
-    let gw = gateway(&up).with_policy(salesforce_policy()).start().await;
-    gw.grant("0035g00000ABCDEAA5", "marketing").await;
-    // simple-salesforce `sf.Contact.get("0035g00000ABCDE")`.
-    let rsp = simple_salesforce(gw.get("/services/data/v59.0/sobjects/Contact/0035g00000ABCDE"))
-        .send()
-        .await;
-    assert_eq!(rsp.ok_json()["Id"], "0035g00000ABCDEAA5");
 }
 
 #[tokio::test]

@@ -89,6 +89,19 @@ async fn odata_keys_in_parentheses_match_and_name_the_subject(proto: Proto) {
                "emailaddress1": "ada00000000-0000-0000-0000-000000000001@example.com"})
     );
     assert_eq!(up.last().target, path);
+    // A client that writes the GUID in capitals (DynamicsWebApi passes keys as it is given
+    // them) is answered in lower case: the same record.
+    let upper = "00000000-0000-0000-0000-00000000000A";
+    let up = Upstream::replying(Reply::json(&dynamics(&upper.to_ascii_lowercase()))).await;
+    let gw = gateway(&up).with_policy(policy()).start().await;
+    gw.grant(&upper.to_ascii_lowercase(), "marketing").await;
+    let rsp = gw
+        .get(&format!("/api/data/v9.2/contacts({upper})"))
+        .purpose("marketing")
+        .over(proto)
+        .send()
+        .await;
+    assert_eq!(rsp.ok_json()["contactid"], upper.to_ascii_lowercase());
     // Another key in the path than the record's own: refused, never the record.
     let other = "/api/data/v9.2/contacts(00000000-0000-0000-0000-000000000002)";
     let rsp = gw.get(other).purpose("marketing").over(proto).send().await;
