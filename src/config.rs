@@ -18,6 +18,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Base URL of the CRM, e.g. `http://127.0.0.1:18081`.
     pub upstream: String,
+    /// Origin clients reach the gateway at (`https://crm-gateway.example.com`), written in
+    /// place of the upstream's base URL in the links of kept envelope members (paging links).
+    /// `None`: `http://` and the request's `Host`.
+    pub public_url: Option<String>,
     /// Directory of policy YAML files.
     pub policies: PathBuf,
     /// Directory for the embedded consent store.
@@ -295,6 +299,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             upstream: "http://127.0.0.1:18081".to_owned(),
+            public_url: None,
             policies: PathBuf::from("policies/examples"),
             data_dir: PathBuf::from("data"),
             limits: LimitsConfig::default(),
@@ -418,6 +423,21 @@ impl Config {
                 "upstream `{}` must be an http:// URL with a host",
                 self.upstream
             )));
+        }
+        if let Some(public) = &self.public_url {
+            let uri: Option<http::Uri> = public.parse().ok();
+            let origin = uri.as_ref().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+            });
+            if !origin {
+                return Err(ConfigError::Invalid(format!(
+                    "public_url `{public}` must be an origin: http:// or https://, a host and \
+                     an optional port, no path"
+                )));
+            }
         }
         if self.consent.store == StoreKind::Http && self.consent.http.is_none() {
             return Err(ConfigError::Invalid(

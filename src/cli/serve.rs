@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Base URL of the CRM (`http://host:port`).
     #[arg(long, env = "CONSENTRY_UPSTREAM")]
     pub upstream: Option<String>,
+    /// Origin clients reach the gateway at, written in place of the upstream's in links.
+    #[arg(long, env = "CONSENTRY_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Policy directory.
     #[arg(long, env = "CONSENTRY_POLICIES")]
     pub policies: Option<PathBuf>,
@@ -187,6 +190,9 @@ impl ServeArgs {
     /// The configuration: defaults, then the file, then environment and flags.
     pub fn config(&self) -> anyhow::Result<Config> {
         let mut c = self.store.config()?;
+        if let Some(public) = &self.public_url {
+            c.public_url = Some(public.clone());
+        }
         macro_rules! set {
             ($($flag:ident => $($field:ident).+;)*) => {
                 $(if let Some(v) = &self.$flag { c.$($field).+ = v.clone(); })*
@@ -458,6 +464,29 @@ mod tests {
         assert!(err.contains("max_dept"), "{err}");
         let w = Wrapper::parse_from(["x", "--upstream", "https://crm"]);
         assert!(w.args.config().is_err());
+    }
+
+    #[test]
+    fn the_public_url_is_an_origin() {
+        for good in ["https://gw.example.com", "http://10.0.0.1:8080/"] {
+            let w = Wrapper::parse_from(["x", "--public-url", good]);
+            assert_eq!(w.args.config().unwrap().public_url.as_deref(), Some(good));
+        }
+        for bad in [
+            "gw.example.com",
+            "ftp://gw",
+            "https://gw/api",
+            "https://gw/?a=1",
+            "/x",
+        ] {
+            let w = Wrapper::parse_from(["x", "--public-url", bad]);
+            let err = w.args.config().unwrap_err().to_string();
+            assert!(err.contains("public_url"), "{bad}: {err}");
+        }
+        assert_eq!(
+            Wrapper::parse_from(["x"]).args.config().unwrap().public_url,
+            None
+        );
     }
 
     #[test]

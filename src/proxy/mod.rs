@@ -32,4 +32,7 @@ pub struct Gateway {
     pub limits: LimitsConfig,
     /// The whole upstream exchange, body included.
     pub total_timeout: Duration,
+    /// The origin written in place of the upstream's in links (`public_url`); `None`: the
+    /// request's own.
+    pub public_url: Option<Box<str>>,
 }

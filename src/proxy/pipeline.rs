@@ -167,8 +167,10 @@ async fn process(
     if head {
         *req.method_mut() = Method::GET;
     }
+    let public_host = original_host.clone();
     let rsp = forward(gw, req, &normal.text, client, original_host, true, deadline).await?;
     let protected = Protected {
+        public_host,
         deadline,
         policy: policy.clone(),
         route_index,

@@ -19,6 +19,7 @@ use super::body::{self, Body, BoxError, ChannelBody, Coding, Decoded};
 use super::refusal::Refusal;
 use crate::consent::decide::Consent;
 use crate::policy::compiled::{CompiledPolicy, PurposeId};
+use crate::redact::links::Links;
 use crate::redact::{Limits, RedactError, Redactor, spare};
 
 /// Output held back before the response head is sent.
@@ -46,6 +47,8 @@ pub struct Protected {
     pub gpc: bool,
     pub head: bool,
     pub caller: Arc<str>,
+    /// The host the client addressed, for links that name the gateway (without `public_url`).
+    pub public_host: Option<HeaderValue>,
     /// The end of the whole exchange with the upstream (`timeouts.total_ms`).
     pub deadline: tokio::time::Instant,
 }
@@ -165,6 +168,20 @@ pub fn passed_fields(upstream: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
+/// Links from the upstream's base URL to the origin the client reached the gateway at:
+/// `public_url`, or `http://` and the request's host when that is a plain host and port.
+pub fn links(gw: &Gateway, host: Option<&HeaderValue>) -> Option<Links> {
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']');
+    let public = match (&gw.public_url, host) {
+        (Some(url), _) => url.to_string(),
+        (None, Some(host)) if !host.is_empty() && host.as_bytes().iter().all(plain) => {
+            format!("http://{}", host.to_str().ok()?)
+        }
+        _ => return None,
+    };
+    Some(Links::new(Arc::clone(&gw.upstream.bases), &public))
+}
+
 /// `application/json` or `application/*+json`, in UTF-8.
 fn is_json(headers: &HeaderMap) -> bool {
     let mut values = headers.get_all(header::CONTENT_TYPE).iter();
@@ -248,7 +265,8 @@ impl BodyJob {
             view,
             req.path_subject.as_deref(),
             limits,
-        );
+        )
+        .with_links(links(gw, req.public_host.as_ref()));
         Ok(Self {
             deadline: req.deadline,
             req,

@@ -47,6 +47,9 @@ pub struct Upstream {
     prefix: String,
     /// The upstream's authority, sent as `Host`.
     pub host: HeaderValue,
+    /// The upstream's base URL as links it writes start (`http://host:port/prefix`), with and
+    /// without the default port.
+    pub bases: std::sync::Arc<[Box<str>]>,
     header_timeout: Duration,
 }
 
@@ -90,9 +93,22 @@ impl Upstream {
         let prefix = uri.path().trim_end_matches('/').to_owned();
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|e| format!("upstream `{url}`: {e}"))?;
+        let host_only = authority.host();
+        let bases = match authority.port_u16() {
+            Some(80) => vec![
+                format!("http://{authority}{prefix}"),
+                format!("http://{host_only}{prefix}"),
+            ],
+            Some(_) => vec![format!("http://{authority}{prefix}")],
+            None => vec![
+                format!("http://{authority}{prefix}"),
+                format!("http://{host_only}:80{prefix}"),
+            ],
+        };
         Ok(Self {
             shared: pool(),
             lanes: (0..lanes).map(|_| pool()).collect(),
+            bases: bases.into_iter().map(Box::from).collect(),
             prefix,
             host,
             header_timeout,

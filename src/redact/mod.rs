@@ -5,6 +5,7 @@
 //! by batch (see [`stream::Redactor`]).
 
 pub mod frame;
+pub mod links;
 mod order;
 pub mod scan;
 pub mod spare;

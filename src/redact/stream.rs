@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::policy::compiled::{ObjectPlan, RecordsAt, SubjectAt, ValuePlan, View, WithoutBasis};
 
 use super::frame::{Event, FrameError, Framer};
+use super::links::Links;
 use super::scan::{self, ScanError, Scanner};
 use super::spare;
 use super::subject::same_subject;
@@ -122,6 +123,8 @@ pub struct Redactor {
     out: Vec<u8>,
     counts: Counts,
     done: bool,
+    /// Links to the upstream in kept envelope members, written to name the gateway.
+    links: Option<Links>,
 }
 
 impl Redactor {
@@ -157,7 +160,15 @@ impl Redactor {
             out: spare::take(OUTPUT_CAPACITY),
             counts: Counts::default(),
             done: false,
+            links: None,
         }
+    }
+
+    /// Writes the gateway's origin in place of the upstream's at the start of the strings of
+    /// kept envelope members (paging links).
+    pub fn with_links(mut self, links: Option<Links>) -> Self {
+        self.links = links;
+        self
     }
 
     /// Feeds a chunk of the body. Call [`Self::pending_subjects`] afterwards.
@@ -327,6 +338,8 @@ impl Redactor {
                     if let Some(level) = self.levels.last_mut() {
                         level.first = was_first;
                     }
+                } else if let Some(links) = &self.links {
+                    links.rewrite_json(&mut self.out, mark);
                 }
             }
             Event::OpenObject { key } => {

@@ -1,0 +1,167 @@
+//! Links that name the upstream, written to name the gateway instead.
+//!
+//! A CRM writes its paging links and the URLs of new records from the host it was asked on, and
+//! the gateway asks with the upstream's own name: an OData service's `@odata.nextLink` then
+//! leads a client straight to the CRM, past the gateway, or nowhere (a client library that joins
+//! the link to its own base URL). As a reverse proxy rewrites `Location`, the gateway writes its
+//! own origin in place of the upstream's at the start of the strings of kept envelope members.
+
+use std::sync::Arc;
+
+/// The origins that stand for the upstream in links, and the one written in their place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links {
+    /// The upstream's base URL as the gateway asks it (`scheme://authority` and any path
+    /// prefix), in each of its spellings.
+    upstream: Arc<[Box<str>]>,
+    /// `scheme://authority` the client reached the gateway at.
+    public: Box<str>,
+}
+
+impl Links {
+    /// Links from any of `upstream` (base URLs without a trailing `/`) to `public` (an origin).
+    pub fn new(upstream: Arc<[Box<str>]>, public: &str) -> Self {
+        Self {
+            upstream,
+            public: public.trim_end_matches('/').into(),
+        }
+    }
+
+    /// `text` with the upstream's origin at its start replaced by the gateway's; `None` when it
+    /// does not start with one (followed by the end, `/`, `?` or `#`).
+    pub fn rewrite(&self, text: &str) -> Option<String> {
+        let rest = self.upstream.iter().find_map(|origin| {
+            let head = text.get(..origin.len())?;
+            let rest = text.get(origin.len()..)?;
+            (head.eq_ignore_ascii_case(origin)
+                && matches!(rest.bytes().next(), None | Some(b'/' | b'?' | b'#')))
+            .then_some(rest)
+        })?;
+        Some(format!("{}{rest}", self.public))
+    }
+
+    /// Rewrites the strings of the JSON text `out[from..]` (valid JSON, as the scanner wrote
+    /// it) that start with the upstream's origin.
+    pub fn rewrite_json(&self, out: &mut Vec<u8>, from: usize) {
+        let mut i = from;
+        // Where the text was rewritten up to, once it has been: the rewritten tail.
+        let mut rebuilt: Option<(Vec<u8>, usize)> = None;
+        while let Some(&b) = out.get(i) {
+            if b != b'"' {
+                i += 1;
+                continue;
+            }
+            let start = i + 1;
+            let mut end = start;
+            let mut escaped = false;
+            while let Some(&c) = out.get(end) {
+                match c {
+                    b'"' => break,
+                    b'\\' => {
+                        escaped = true;
+                        end += 2;
+                    }
+                    _ => end += 1,
+                }
+            }
+            // A key is followed by its colon: keys are names, not links, and stay as they are.
+            let key = out
+                .get(end + 1..)
+                .unwrap_or_default()
+                .iter()
+                .find(|c| !super::scan::is_ws(**c))
+                == Some(&b':');
+            let raw = out.get(start..end).unwrap_or_default();
+            let text = if key {
+                None
+            } else if escaped {
+                // With its quotes: the text of a complete string.
+                super::scan::string_text(out.get(i..=end).unwrap_or_default())
+            } else {
+                std::str::from_utf8(raw).ok().map(str::to_owned)
+            };
+            if let Some(new) = text.as_deref().and_then(|t| self.rewrite(t)) {
+                let (tail, copied) = rebuilt.get_or_insert_with(|| (Vec::new(), from));
+                tail.extend_from_slice(out.get(*copied..start).unwrap_or_default());
+                write_escaped(&new, tail);
+                *copied = end;
+            }
+            i = end + 1;
+        }
+        if let Some((mut tail, copied)) = rebuilt {
+            tail.extend_from_slice(out.get(copied..).unwrap_or_default());
+            out.truncate(from);
+            out.append(&mut tail);
+        }
+    }
+}
+
+/// The contents of a JSON string holding `text` (without its quotes).
+fn write_escaped(text: &str, out: &mut Vec<u8>) {
+    let mut quoted = serde_json::to_vec(text).unwrap_or_default();
+    if quoted.len() >= 2 {
+        quoted.pop();
+        out.extend_from_slice(quoted.get(1..).unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links() -> Links {
+        Links::new(
+            Arc::from(vec![Box::from("http://crm.internal:8000")]),
+            "https://gateway.example.com/",
+        )
+    }
+
+    fn rewritten(json: &str) -> String {
+        let mut out = b"[1,".to_vec();
+        out.extend_from_slice(json.as_bytes());
+        links().rewrite_json(&mut out, 3);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn links_naming_the_upstream_name_the_gateway() {
+        let l = links();
+        assert_eq!(
+            l.rewrite("http://crm.internal:8000/api/data/v9.2/contacts?$skiptoken=x")
+                .as_deref(),
+            Some("https://gateway.example.com/api/data/v9.2/contacts?$skiptoken=x")
+        );
+        assert_eq!(
+            l.rewrite("HTTP://CRM.internal:8000").as_deref(),
+            Some("https://gateway.example.com")
+        );
+        // Another host, another port, a longer name, a relative link: left as they are.
+        for other in [
+            "http://crm.internal:8001/a",
+            "http://crm.internal:80000/a",
+            "http://crm.internal:8000.evil.example/a",
+            "http://crm.internal:8000@evil.example/a",
+            "/api/data/v9.2/contacts",
+            "https://crm.internal:8000/a",
+        ] {
+            assert_eq!(l.rewrite(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn strings_of_json_are_rewritten_in_place() {
+        assert_eq!(
+            rewritten(r#"{"next":{"after":"2","link":"http://crm.internal:8000/x?after=2"}}]"#),
+            r#"[1,{"next":{"after":"2","link":"https://gateway.example.com/x?after=2"}}]"#
+        );
+        // Written with escaped slashes: read as text, written plainly.
+        assert_eq!(
+            rewritten(r#""http:\/\/crm.internal:8000\/x","http://crm.internal:8000""#),
+            r#"[1,"https://gateway.example.com/x","https://gateway.example.com""#
+        );
+        // Keys, other strings and escapes elsewhere stay byte for byte.
+        let same = r#"{"http://crm.internal:8000/k" : "a\"b","n":[1,"\u00e9"]}]"#;
+        assert_eq!(rewritten(same), format!("[1,{same}"));
+        assert_eq!(rewritten(r#""a\"b\\""#), r#"[1,"a\"b\\""#);
+    }
+}
