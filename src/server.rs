@@ -391,7 +391,10 @@ pub async fn build(config: &Config) -> Result<Arc<Gateway>, StartError> {
         upstream,
         limits: config.limits,
         total_timeout: Duration::from_millis(config.timeouts.total_ms),
-        public_url: config.public_url.as_deref().map(Box::from),
+        public_url: config
+            .public_url
+            .as_deref()
+            .map(|url| Arc::from(url.trim_end_matches('/'))),
     }))
 }
 

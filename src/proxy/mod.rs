@@ -34,5 +34,5 @@ pub struct Gateway {
     pub total_timeout: Duration,
     /// The origin written in place of the upstream's in links (`public_url`); `None`: the
     /// request's own.
-    pub public_url: Option<Box<str>>,
+    pub public_url: Option<Arc<str>>,
 }

@@ -19,7 +19,7 @@ use super::body::{self, Body, BoxError, ChannelBody, Coding, Decoded};
 use super::refusal::Refusal;
 use crate::consent::decide::Consent;
 use crate::policy::compiled::{CompiledPolicy, PurposeId};
-use crate::redact::links::Links;
+use crate::redact::links::{Links, Public};
 use crate::redact::{Limits, RedactError, Redactor, spare};
 
 /// Output held back before the response head is sent.
@@ -173,13 +173,13 @@ pub fn passed_fields(upstream: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
 pub fn links(gw: &Gateway, host: Option<&HeaderValue>) -> Option<Links> {
     let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']');
     let public = match (&gw.public_url, host) {
-        (Some(url), _) => url.to_string(),
+        (Some(url), _) => Public::Origin(Arc::clone(url)),
         (None, Some(host)) if !host.is_empty() && host.as_bytes().iter().all(plain) => {
-            format!("http://{}", host.to_str().ok()?)
+            Public::Host(host.clone())
         }
         _ => return None,
     };
-    Some(Links::new(Arc::clone(&gw.upstream.bases), &public))
+    Some(Links::new(Arc::clone(&gw.upstream.bases), public))
 }
 
 /// `application/json` or `application/*+json`, in UTF-8.

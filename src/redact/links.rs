@@ -14,17 +14,24 @@ pub struct Links {
     /// The upstream's base URL as the gateway asks it (`scheme://authority` and any path
     /// prefix), in each of its spellings.
     upstream: Arc<[Box<str>]>,
-    /// `scheme://authority` the client reached the gateway at.
-    public: Box<str>,
+    /// Where the client reached the gateway.
+    public: Public,
+}
+
+/// The origin the client reached the gateway at: shared, or the request's own host. Either is
+/// kept as it came (no copy per request) and written out only where a link is rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Public {
+    /// `scheme://authority`, without a trailing `/`.
+    Origin(Arc<str>),
+    /// A host and port, reached over `http://`.
+    Host(http::HeaderValue),
 }
 
 impl Links {
-    /// Links from any of `upstream` (base URLs without a trailing `/`) to `public` (an origin).
-    pub fn new(upstream: Arc<[Box<str>]>, public: &str) -> Self {
-        Self {
-            upstream,
-            public: public.trim_end_matches('/').into(),
-        }
+    /// Links from any of `upstream` (base URLs without a trailing `/`) to `public`.
+    pub fn new(upstream: Arc<[Box<str>]>, public: Public) -> Self {
+        Self { upstream, public }
     }
 
     /// `text` with the upstream's origin at its start replaced by the gateway's; `None` when it
@@ -37,7 +44,10 @@ impl Links {
                 && matches!(rest.bytes().next(), None | Some(b'/' | b'?' | b'#')))
             .then_some(rest)
         })?;
-        Some(format!("{}{rest}", self.public))
+        Some(match &self.public {
+            Public::Origin(origin) => format!("{origin}{rest}"),
+            Public::Host(host) => format!("http://{}{rest}", host.to_str().ok()?),
+        })
     }
 
     /// Rewrites the strings of the JSON text `out[from..]` (valid JSON, as the scanner wrote
@@ -112,7 +122,7 @@ mod tests {
     fn links() -> Links {
         Links::new(
             Arc::from(vec![Box::from("http://crm.internal:8000")]),
-            "https://gateway.example.com/",
+            Public::Origin(Arc::from("https://gateway.example.com")),
         )
     }
 
