@@ -6,6 +6,7 @@
 //! the link to its own base URL). As a reverse proxy rewrites `Location`, the gateway writes its
 //! own origin in place of the upstream's at the start of the strings of kept envelope members.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The origins that stand for the upstream in links, and the one written in their place.
@@ -82,13 +83,16 @@ impl Links {
                 .find(|c| !super::scan::is_ws(**c))
                 == Some(&b':');
             let raw = out.get(start..end).unwrap_or_default();
-            let text = if key {
+            let text: Option<Cow<'_, str>> = if key {
                 None
             } else if escaped {
                 // With its quotes: the text of a complete string.
-                super::scan::string_text(out.get(i..=end).unwrap_or_default())
+                super::scan::string_text(out.get(i..=end).unwrap_or_default()).map(Cow::Owned)
+            } else if matches!(raw.first(), Some(b'h' | b'H')) {
+                // Every base URL starts with `http`.
+                std::str::from_utf8(raw).ok().map(Cow::Borrowed)
             } else {
-                std::str::from_utf8(raw).ok().map(str::to_owned)
+                None
             };
             if let Some(new) = text.as_deref().and_then(|t| self.rewrite(t)) {
                 let (tail, copied) = rebuilt.get_or_insert_with(|| (Vec::new(), from));
