@@ -426,16 +426,19 @@ impl Config {
         }
         if let Some(public) = &self.public_url {
             let uri: Option<http::Uri> = public.parse().ok();
-            let origin = uri.as_ref().is_some_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https"))
-                    && u.authority().is_some()
-                    && matches!(u.path(), "" | "/")
-                    && u.query().is_none()
-            });
+            // The text goes into links as it is written: a fragment (which the parser drops)
+            // would break them, and a user and password would reach every client.
+            let origin = !public.contains(['#', '@'])
+                && uri.as_ref().is_some_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some()
+                        && matches!(u.path(), "" | "/")
+                        && u.query().is_none()
+                });
             if !origin {
                 return Err(ConfigError::Invalid(format!(
                     "public_url `{public}` must be an origin: http:// or https://, a host and \
-                     an optional port, no path"
+                     an optional port, no path, user or fragment"
                 )));
             }
         }

@@ -478,6 +478,10 @@ mod tests {
             "https://gw/api",
             "https://gw/?a=1",
             "/x",
+            // Parsed without them, but written into every link as they are.
+            "https://gw#top",
+            "https://gw/#",
+            "https://user:secret@gw",
         ] {
             let w = Wrapper::parse_from(["x", "--public-url", bad]);
             let err = w.args.config().unwrap_err().to_string();
