@@ -38,12 +38,18 @@ impl Links {
     /// `text` with the upstream's origin at its start replaced by the gateway's; `None` when it
     /// does not start with one (followed by the end, `/`, `?` or `#`).
     pub fn rewrite(&self, text: &str) -> Option<String> {
-        let rest = self.upstream.iter().find_map(|origin| {
-            let head = text.get(..origin.len())?;
-            let rest = text.get(origin.len()..)?;
-            (head.eq_ignore_ascii_case(origin)
-                && matches!(rest.bytes().next(), None | Some(b'/' | b'?' | b'#')))
-            .then_some(rest)
+        let rest = self.upstream.iter().find_map(|base| {
+            // Scheme and host in any case; a path prefix exactly, as the gateway sends paths.
+            let path_at = base
+                .find("://")
+                .and_then(|i| Some(i + 3 + base.get(i + 3..)?.find('/')?))
+                .unwrap_or(base.len());
+            let same = text
+                .get(..path_at)?
+                .eq_ignore_ascii_case(base.get(..path_at)?)
+                && text.get(path_at..base.len())? == base.get(path_at..)?;
+            let rest = text.get(base.len()..)?;
+            (same && matches!(rest.bytes().next(), None | Some(b'/' | b'?' | b'#'))).then_some(rest)
         })?;
         Some(match &self.public {
             Public::Origin(origin) => format!("{origin}{rest}"),
@@ -160,6 +166,21 @@ mod tests {
         ] {
             assert_eq!(l.rewrite(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_path_prefix_is_compared_exactly() {
+        let l = Links::new(
+            Arc::from(vec![Box::from("http://crm.internal:8000/api")]),
+            "https://gateway.example.com",
+        );
+        assert_eq!(
+            l.rewrite("HTTP://CRM.INTERNAL:8000/api/x").as_deref(),
+            Some("https://gateway.example.com/x")
+        );
+        // Another path: the gateway would send `/x` on as `/api/x`, not `/API/x`.
+        assert_eq!(l.rewrite("http://crm.internal:8000/API/x"), None);
+        assert_eq!(l.rewrite("http://crm.internal:8000/apix"), None);
     }
 
     #[test]
