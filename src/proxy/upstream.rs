@@ -187,3 +187,26 @@ fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bases(url: &str) -> Vec<String> {
+        let up = Upstream::new(url, Duration::from_secs(1), Duration::from_secs(1), 1).unwrap();
+        up.bases.iter().map(|b| b.to_string()).collect()
+    }
+
+    #[test]
+    fn links_name_the_upstream_with_and_without_its_default_port() {
+        assert_eq!(
+            bases("http://crm.internal/api/"),
+            ["http://crm.internal/api", "http://crm.internal:80/api"]
+        );
+        assert_eq!(
+            bases("http://crm.internal:80"),
+            ["http://crm.internal:80", "http://crm.internal"]
+        );
+        assert_eq!(bases("http://[::1]:8000/x"), ["http://[::1]:8000/x"]);
+    }
+}
