@@ -266,7 +266,12 @@ impl BodyJob {
             req.path_subject.as_deref(),
             limits,
         )
-        .with_links(links(gw, req.public_host.as_ref()));
+        // A single record has no envelope, so nothing of it is a link to rewrite.
+        .with_links(
+            matches!(route.records, crate::policy::compiled::RecordsAt::List(_))
+                .then(|| links(gw, req.public_host.as_ref()))
+                .flatten(),
+        );
         Ok(Self {
             deadline: req.deadline,
             req,

@@ -172,7 +172,7 @@ mod tests {
     fn a_path_prefix_is_compared_exactly() {
         let l = Links::new(
             Arc::from(vec![Box::from("http://crm.internal:8000/api")]),
-            "https://gateway.example.com",
+            Public::Origin(Arc::from("https://gateway.example.com")),
         );
         assert_eq!(
             l.rewrite("HTTP://CRM.INTERNAL:8000/api/x").as_deref(),
