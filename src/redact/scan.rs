@@ -573,6 +573,11 @@ impl<'i> Cx<'i> {
     /// Skips whitespace; returns the next byte without consuming it.
     #[inline(always)]
     fn skip_ws(&mut self) -> Result<u8, ScanError> {
+        // Every byte above the space is no whitespace: one compare for the common case.
+        match self.input.get(self.pos) {
+            Some(&b) if b > b' ' => return Ok(b),
+            _ => {}
+        }
         while let Some(&b) = self.input.get(self.pos) {
             if is_ws(b) {
                 self.pos += 1;
