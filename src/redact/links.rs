@@ -30,7 +30,7 @@ pub enum Public {
 }
 
 impl Links {
-    /// Links from any of `upstream` (base URLs without a trailing `/`) to `public`.
+    /// Links from any of `upstream` (`http://` base URLs without a trailing `/`) to `public`.
     pub fn new(upstream: Arc<[Box<str>]>, public: Public) -> Self {
         Self { upstream, public }
     }
@@ -89,16 +89,16 @@ impl Links {
                 .find(|c| !super::scan::is_ws(**c))
                 == Some(&b':');
             let raw = out.get(start..end).unwrap_or_default();
-            let text: Option<Cow<'_, str>> = if key {
-                None
-            } else if escaped {
-                // With its quotes: the text of a complete string.
-                super::scan::string_text(out.get(i..=end).unwrap_or_default()).map(Cow::Owned)
-            } else if matches!(raw.first(), Some(b'h' | b'H')) {
-                // Every base URL starts with `http`.
-                std::str::from_utf8(raw).ok().map(Cow::Borrowed)
-            } else {
-                None
+            // Every base URL starts with `http` (the upstream is an `http://` URL): only a string
+            // starting with `h`, `H` or an escape (`\u0068`) can be a link to rewrite.
+            let text: Option<Cow<'_, str>> = match raw.first() {
+                _ if key => None,
+                // With its quotes: the text of a complete string (a leading `\\` is an escape).
+                Some(b'\\' | b'h' | b'H') if escaped => {
+                    super::scan::string_text(out.get(i..=end).unwrap_or_default()).map(Cow::Owned)
+                }
+                Some(b'h' | b'H') => std::str::from_utf8(raw).ok().map(Cow::Borrowed),
+                _ => None,
             };
             if let Some(new) = text.as_deref().and_then(|t| self.rewrite(t)) {
                 let (tail, copied) = rebuilt.get_or_insert_with(|| (Vec::new(), from));
@@ -193,6 +193,11 @@ mod tests {
         assert_eq!(
             rewritten(r#""http:\/\/crm.internal:8000\/x","http://crm.internal:8000""#),
             r#"[1,"https://gateway.example.com/x","https://gateway.example.com""#
+        );
+        // An upper-case scheme, and a first letter written as an escape.
+        assert_eq!(
+            rewritten(r#""HTTP://CRM.internal:8000/x","\u0068ttp://crm.internal:8000/y""#),
+            r#"[1,"https://gateway.example.com/x","https://gateway.example.com/y""#
         );
         // Keys, other strings and escapes elsewhere stay byte for byte.
         let same = r#"{"http://crm.internal:8000/k" : "a\"b","n":[1,"\u00e9"]}]"#;
