@@ -103,7 +103,7 @@ impl Links {
             if let Some(new) = text.as_deref().and_then(|t| self.rewrite(t)) {
                 let (tail, copied) = rebuilt.get_or_insert_with(|| (Vec::new(), from));
                 tail.extend_from_slice(out.get(*copied..start).unwrap_or_default());
-                write_escaped(&new, tail);
+                super::transform::write_contents(new.as_bytes(), tail);
                 *copied = end;
             }
             i = end + 1;
@@ -113,15 +113,6 @@ impl Links {
             out.truncate(from);
             out.append(&mut tail);
         }
-    }
-}
-
-/// The contents of a JSON string holding `text` (without its quotes).
-fn write_escaped(text: &str, out: &mut Vec<u8>) {
-    let mut quoted = serde_json::to_vec(text).unwrap_or_default();
-    if quoted.len() >= 2 {
-        quoted.pop();
-        out.extend_from_slice(quoted.get(1..).unwrap_or_default());
     }
 }
 
@@ -198,6 +189,11 @@ mod tests {
         assert_eq!(
             rewritten(r#""HTTP://CRM.internal:8000/x","\u0068ttp://crm.internal:8000/y""#),
             r#"[1,"https://gateway.example.com/x","https://gateway.example.com/y""#
+        );
+        // What the rest of a rewritten link holds is escaped again.
+        assert_eq!(
+            rewritten(r#""http://crm.internal:8000/x?q=\"a\"\n""#),
+            r#"[1,"https://gateway.example.com/x?q=\"a\"\n""#
         );
         // Keys, other strings and escapes elsewhere stay byte for byte.
         let same = r#"{"http://crm.internal:8000/k" : "a\"b","n":[1,"\u00e9"]}]"#;

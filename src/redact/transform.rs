@@ -123,7 +123,7 @@ fn needs_escape(b: u8) -> bool {
 }
 
 /// Writes the UTF-8 `text` escaped for the inside of a JSON string.
-fn write_contents(text: &[u8], out: &mut Vec<u8>) {
+pub(super) fn write_contents(text: &[u8], out: &mut Vec<u8>) {
     if !text.iter().copied().any(needs_escape) {
         out.extend_from_slice(text);
         return;
