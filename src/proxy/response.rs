@@ -130,12 +130,8 @@ pub async fn protect(
 /// the gateway's content type, length and caching rules.
 fn finish_head(mut parts: http::response::Parts, body: Body, len: Option<u64>) -> Response<Body> {
     let upstream = std::mem::replace(&mut parts.headers, HeaderMap::with_capacity(8));
-    // The upstream's fields are looked over once: a lookup by name hashes the name, and most
-    // of the passed names are absent.
-    for (name, value) in &upstream {
-        if PASSED_HEADERS.contains(name) {
-            parts.headers.append(name.clone(), value.clone());
-        }
+    for (name, value) in passed(&upstream) {
+        parts.headers.append(name.clone(), value.clone());
     }
     let h = &mut parts.headers;
     if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::RESET_CONTENT {
@@ -159,18 +155,24 @@ fn finish_head(mut parts: http::response::Parts, body: Body, len: Option<u64>) -
     Response::from_parts(parts, body)
 }
 
-/// The upstream fields in [`PASSED_HEADERS`], in their order.
-pub fn passed_fields(upstream: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+/// The upstream's fields named in [`PASSED_HEADERS`], in their order. The fields are looked
+/// over once: a lookup by name hashes the name, and most of the passed names are absent.
+fn passed(upstream: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
     upstream
         .iter()
         .filter(|(name, _)| PASSED_HEADERS.contains(name))
+}
+
+/// [`passed`], kept for an error response.
+pub(super) fn passed_fields(upstream: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    passed(upstream)
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
 
 /// Links from the upstream's base URL to the origin the client reached the gateway at:
 /// `public_url`, or `http://` and the request's host when that is a plain host and port.
-pub fn links(gw: &Gateway, host: Option<&HeaderValue>) -> Option<Links> {
+fn links(gw: &Gateway, host: Option<&HeaderValue>) -> Option<Links> {
     let plain = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']');
     let public = match (&gw.public_url, host) {
         (Some(url), _) => Public::Origin(Arc::clone(url)),
