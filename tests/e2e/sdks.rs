@@ -92,6 +92,38 @@ fn salesforce_reply(body: &Value) -> Reply {
         .header("sforce-limit-info", "api-usage=18/15000")
 }
 
+/// A policy whose caller `app` may use the contract purpose `support` on Dynamics contacts
+/// (`/api/data/v9.2/contacts`, records at `$.value[*]`), keeping their id and name; `route`
+/// holds the route's other lines (methods, envelope), indented as the route's.
+fn dynamics_policy(route: &str) -> String {
+    let app = hex::encode(Sha256::digest(APP_KEY));
+    format!(
+        r#"
+purposes:
+  support: {{ basis: contract }}
+callers:
+  app:
+    api_key: {{ sha256: {app} }}
+    purposes: [support]
+objects:
+  dynamics_contact:
+    subject: $.contactid
+    fields:
+      $.contactid: user.unique_id
+      $.fullname: user.name
+    rules:
+      support:
+        - {{ paths: [$.contactid, $.fullname], action: keep }}
+routes:
+  - name: dynamics-contacts
+    path: /api/data/v9.2/contacts
+    object: dynamics_contact
+    records: $.value[*]
+{route}
+"#
+    )
+}
+
 /// The headers simple-salesforce sends with every REST call (`Salesforce.headers`, over
 /// python-requests' defaults), plus the gateway's own.
 fn simple_salesforce(call: crate::support::Call) -> crate::support::Call {
@@ -449,32 +481,9 @@ async fn dynamics_next_link_leads_back_through_the_gateway() {
         }
     })
     .await;
-    let app = hex::encode(Sha256::digest(APP_KEY));
-    let policy = format!(
-        r#"
-purposes:
-  support: {{ basis: contract }}
-callers:
-  app:
-    api_key: {{ sha256: {app} }}
-    purposes: [support]
-objects:
-  dynamics_contact:
-    subject: $.contactid
-    fields:
-      $.contactid: user.unique_id
-      $.fullname: user.name
-    rules:
-      support:
-        - {{ paths: [$.contactid, $.fullname], action: keep }}
-routes:
-  - name: dynamics-contacts
-    method: GET
-    path: /api/data/v9.2/contacts
-    object: dynamics_contact
-    records: $.value[*]
-    envelope: ["$['@odata.context']", "$['@odata.nextLink']"]
-"#
+    let policy = dynamics_policy(
+        r#"    method: GET
+    envelope: ["$['@odata.context']", "$['@odata.nextLink']"]"#,
     );
     let gw = gateway(&up).with_policy(policy).start().await;
     let rsp = gw
@@ -519,32 +528,7 @@ async fn dynamics_create_tells_the_new_records_id() {
             .header("odata-entityid", entity),
     )
     .await;
-    let app = hex::encode(Sha256::digest(APP_KEY));
-    let policy = format!(
-        r#"
-purposes:
-  support: {{ basis: contract }}
-callers:
-  app:
-    api_key: {{ sha256: {app} }}
-    purposes: [support]
-objects:
-  dynamics_contact:
-    subject: $.contactid
-    fields:
-      $.contactid: user.unique_id
-      $.fullname: user.name
-    rules:
-      support:
-        - {{ paths: [$.contactid, $.fullname], action: keep }}
-routes:
-  - name: dynamics-contacts
-    methods: [GET, POST]
-    path: /api/data/v9.2/contacts
-    object: dynamics_contact
-    records: $.value[*]
-"#
-    );
+    let policy = dynamics_policy("    methods: [GET, POST]");
     let gw = gateway(&up).with_policy(policy).start().await;
     let rsp = gw
         .call(http::Method::POST, "/api/data/v9.2/contacts")
