@@ -69,18 +69,10 @@ impl Links {
                 continue;
             }
             let start = i + 1;
-            let mut end = start;
-            let mut escaped = false;
-            while let Some(&c) = out.get(end) {
-                match c {
-                    b'"' => break,
-                    b'\\' => {
-                        escaped = true;
-                        end += 2;
-                    }
-                    _ => end += 1,
-                }
-            }
+            let Some((end, escaped)) = super::scan::string_at(out, i) else {
+                // Not a string after all: the text was not the scanner's. Left as it is.
+                return;
+            };
             // A key is followed by its colon: keys are names, not links, and stay as they are.
             let key = out
                 .get(end + 1..)

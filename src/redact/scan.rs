@@ -895,6 +895,22 @@ pub fn unescape(raw: &[u8]) -> Result<String, ScanError> {
     Ok(out)
 }
 
+/// The string whose opening quote is at `at` in `input`, validated: the offset of its closing
+/// quote, and whether it holds escapes; `None` if no complete string is there.
+pub(super) fn string_at(input: &[u8], at: usize) -> Option<(usize, bool)> {
+    if input.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut cx = Cx {
+        input,
+        pos: at,
+        subject: None,
+        complete: true,
+    };
+    let (_, escaped) = cx.string().ok()?;
+    Some((cx.pos - 1, escaped))
+}
+
 /// The text of a complete JSON string (quotes included), validated; `None` if it is not one.
 pub fn string_text(raw: &[u8]) -> Option<String> {
     let mut cx = Cx {
